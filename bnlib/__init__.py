@@ -1,0 +1,1 @@
+"""bnlib: Batch Normalization and its relatives in NumPy and PyTorch."""

@@ -1,0 +1,1 @@
+"""Experiments behind the chapters' figures: each module serves one or two chapters."""

@@ -1,0 +1,303 @@
+"""Batch normalization in NumPy: training forward, closed-form backward, inference, folding.
+
+Statistics are taken over every axis except axis 1, so one function serves fully connected
+inputs ``(N, D)`` and convolutional inputs ``(N, C, *spatial)``. With ``M = N * prod(spatial)``:
+
+    mean = sum(x) / M                      var = sum((x - mean)**2) / M   (biased)
+    xhat = (x - mean) / sqrt(var + eps)    y   = gamma * xhat + beta
+
+The implementation streams over the batch in cache-sized chunks: one pass for the statistics,
+one pass for the output in the forward, and two passes in the backward. Temporaries stay in
+the CPU cache, so memory traffic is close to the least the algorithm needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnlib.numpy._checks import (
+    compute_dtype,
+    require_array,
+    require_batch_values,
+    require_eps,
+    require_input,
+    require_vector,
+)
+
+# Bytes of one input chunk: small enough that a chunk and its temporaries stay in L2.
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchNormCache:
+    """What :func:`batchnorm_backward` needs, and nothing more.
+
+    x: the input (N, C, *spatial), not copied. mean, invstd: per-channel (C,) float64 batch
+    mean and 1 / sqrt(var + eps). gamma: (C,) float64 scale.
+    """
+
+    x: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+    gamma: np.ndarray
+
+    @property
+    def xhat(self) -> np.ndarray:
+        """The normalised input, recomputed on demand (the chapters plot it)."""
+        return (as_ncl(self.x) - self.mean[:, None]) * self.invstd[:, None]
+
+
+def as_ncl(x: np.ndarray) -> np.ndarray:
+    """View ``(N, C, *spatial)`` as ``(N, C, L)``: reductions then run over axes 0 and 2."""
+    n, c = x.shape[:2]
+    return x.reshape(n, c, -1)
+
+
+def batch_chunks(n: int, sample_bytes: int):
+    """Yield slices over the batch axis, each about CHUNK_BYTES of input."""
+    step = chunk_length(sample_bytes)
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def chunk_length(sample_bytes: int) -> int:
+    """How many samples make one chunk."""
+    return max(1, CHUNK_BYTES // max(1, sample_bytes))
+
+
+def scratch_for(x3: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A reusable chunk-sized buffer, so the loops allocate nothing per chunk."""
+    n, c, length = x3.shape
+    return np.empty((min(n, chunk_length(c * length * x3.itemsize)), c, length), dtype)
+
+
+def channel_sums(x3: np.ndarray, shift: np.ndarray, dtype: np.dtype):
+    """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``, accumulated in float64.
+
+    Sums within a (sample, channel) row use the compute dtype (short rows); the rows are
+    then added in float64, so long batches do not lose precision.
+    """
+    n, c, length = x3.shape
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    scratch = scratch_for(x3, dtype)
+    for rows in batch_chunks(n, c * length * x3.itemsize):
+        d = scratch[: rows.stop - rows.start]
+        np.subtract(x3[rows], shift[:, None], out=d)
+        s1 += np.einsum("ncl->nc", d).sum(axis=0, dtype=np.float64)
+        s2 += np.einsum("ncl,ncl->nc", d, d).sum(axis=0, dtype=np.float64)
+    return s1, s2
+
+
+def batch_statistics(x: np.ndarray):
+    """Biased per-channel mean and variance of ``x`` in float64, accurate in float32.
+
+    The sums are taken around a shift close to the mean (the first sample's channel means),
+    so a large offset does not cancel catastrophically as in E[x^2] - E[x]^2.
+    """
+    x3 = as_ncl(x)
+    dtype = compute_dtype(x.dtype)
+    shift = x3[0].mean(axis=1, dtype=np.float64).astype(dtype)
+    s1, s2 = channel_sums(x3, shift, dtype)
+    count = x3.shape[0] * x3.shape[2]
+    offset = s1 / count
+    mean = shift.astype(np.float64) + offset
+    var = np.maximum(s2 / count - offset * offset, 0.0)
+    return mean, var
+
+
+def affine_transform(x: np.ndarray, center, scale, shift) -> np.ndarray:
+    """Return ``(x - center) * scale + shift`` per channel, in x's dtype, chunk by chunk.
+
+    Subtracting the centre first keeps float32 accurate when the mean is large.
+    """
+    x3 = as_ncl(x)
+    dtype = compute_dtype(x.dtype)
+    out = np.empty(x.shape, x.dtype)
+    out3 = as_ncl(out)
+    center, scale, shift = (np.asarray(v, np.float64) for v in (center, scale, shift))
+    rounded = center.astype(dtype)
+    # x - rounded is exact near the mean; the rounding error of the centre moves into shift.
+    shift = shift - (center - rounded) * scale
+    center, scale, shift = (v.astype(dtype)[:, None] for v in (rounded, scale, shift))
+    scratch = None if dtype == x.dtype else scratch_for(x3, dtype)
+    for rows in batch_chunks(x3.shape[0], x3.shape[1] * x3.shape[2] * x3.itemsize):
+        block = out3[rows] if scratch is None else scratch[: rows.stop - rows.start]
+        np.subtract(x3[rows], center, out=block)
+        block *= scale
+        block += shift
+        if scratch is not None:
+            out3[rows] = block
+    return out
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Training-mode batch normalization.
+
+    Args:
+        x: (N, C) or (N, C, *spatial) float array.
+        gamma, beta: (C,) learned scale and shift.
+        eps: positive constant added to the variance inside the square root.
+
+    Returns:
+        out: same shape and dtype as x, ``gamma * (x - mean) / sqrt(var + eps) + beta`` with
+            the biased batch variance.
+        cache: a :class:`BatchNormCache` for :func:`batchnorm_backward`.
+    """
+    where = "batchnorm_forward"
+    require_input(x, where)
+    channels = x.shape[1]
+    require_vector(gamma, "gamma", channels, where)
+    require_vector(beta, "beta", channels, where)
+    eps = require_eps(eps, where)
+    require_batch_values(x)
+    if x.size == 0:
+        empty = np.zeros(channels)
+        return x.copy(), BatchNormCache(x, empty, empty, gamma.astype(np.float64))
+    mean, var = batch_statistics(x)
+    invstd = 1.0 / np.sqrt(var + eps)
+    out = affine_transform(x, mean, gamma * invstd, beta)
+    return out, BatchNormCache(x, mean, invstd, gamma.astype(np.float64))
+
+
+def batchnorm_backward(dout, cache):
+    """Closed-form gradient of :func:`batchnorm_forward`.
+
+    With ``g = dout`` and sums over every axis but 1 (M values per channel):
+
+        dbeta  = sum(g)
+        dgamma = sum(g * xhat)
+        dx     = gamma * invstd / M * (M * g - dbeta - xhat * dgamma)
+
+    Args:
+        dout: upstream gradient, same shape as the forward input.
+        cache: the cache returned by :func:`batchnorm_forward`.
+
+    Returns:
+        (dx, dgamma, dbeta): dx like x (x's dtype); dgamma, dbeta (C,) in the compute dtype.
+    """
+    where = "batchnorm_backward"
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(
+            f"{where}: cache must come from batchnorm_forward, got {type(cache).__name__}"
+        )
+    x = cache.x
+    require_input(dout, where)
+    if dout.shape != x.shape:
+        raise ValueError(f"{where}: dout must have the input's shape {x.shape}, got {dout.shape}")
+    dtype = compute_dtype(x.dtype)
+    if x.size == 0:
+        zeros = np.zeros(x.shape[1], dtype)
+        return np.zeros_like(x), zeros, zeros.copy()
+    dbeta, sum_dy_xmu = gradient_sums(dout, x, cache.mean, dtype)
+    dgamma = sum_dy_xmu * cache.invstd
+    count = x.size // x.shape[1]
+    scale = cache.gamma * cache.invstd
+    # dx = scale*dy + slope*(x - mean) + offset, the closed form expanded per channel.
+    slope = -scale * cache.invstd * dgamma / count
+    offset = -scale * dbeta / count
+    dx = gradient_apply(dout, x, cache.mean, scale, slope, offset, dtype)
+    return dx, dgamma.astype(dtype), dbeta.astype(dtype)
+
+
+def gradient_sums(dout, x, mean, dtype):
+    """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` in float64."""
+    d3, x3 = as_ncl(dout), as_ncl(x)
+    n, c, length = x3.shape
+    sum_dy = np.zeros(c, np.float64)
+    sum_dy_xmu = np.zeros(c, np.float64)
+    rounded = mean.astype(dtype)
+    center = rounded[:, None]
+    scratch = scratch_for(x3, dtype)
+    for rows in batch_chunks(n, c * length * x3.itemsize):
+        dy = d3[rows].astype(dtype, copy=False)
+        xmu = scratch[: rows.stop - rows.start]
+        np.subtract(x3[rows], center, out=xmu)
+        sum_dy += np.einsum("ncl->nc", dy).sum(axis=0, dtype=np.float64)
+        sum_dy_xmu += np.einsum("ncl,ncl->nc", dy, xmu).sum(axis=0, dtype=np.float64)
+    # Undo the rounding of the centre: sum(dy * (x - mean)) = sum(dy * (x - rounded)) - ...
+    return sum_dy, sum_dy_xmu - sum_dy * (mean - rounded)
+
+
+def gradient_apply(dout, x, mean, scale, slope, offset, dtype):
+    """Return ``scale * dout + slope * (x - mean) + offset`` per channel, chunk by chunk."""
+    d3, x3 = as_ncl(dout), as_ncl(x)
+    n, c, length = x3.shape
+    dx = np.empty(x.shape, x.dtype)
+    dx3 = as_ncl(dx)
+    rounded = mean.astype(dtype)
+    offset = offset + slope * (rounded - mean)
+    center, scale, slope, offset = (
+        np.asarray(v).astype(dtype)[:, None] for v in (rounded, scale, slope, offset)
+    )
+    scratch = scratch_for(x3, dtype)
+    staging = None if dtype == x.dtype else scratch_for(x3, dtype)
+    for rows in batch_chunks(n, c * length * x3.itemsize):
+        size = rows.stop - rows.start
+        xmu = scratch[:size]
+        np.subtract(x3[rows], center, out=xmu)
+        xmu *= slope
+        xmu += offset
+        block = dx3[rows] if staging is None else staging[:size]
+        np.multiply(d3[rows], scale, out=block)
+        block += xmu
+        if staging is not None:
+            dx3[rows] = block
+    return dx
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Evaluation-mode batch normalization with stored statistics.
+
+        y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
+
+    Args:
+        x: (N, C) or (N, C, *spatial) float array; any N, including 1.
+        gamma, beta, running_mean, running_var: (C,) arrays.
+        eps: non-negative constant (0 is allowed when running_var > 0, as in torch).
+
+    Returns:
+        out: same shape and dtype as x.
+    """
+    where = "batchnorm_inference"
+    require_input(x, where)
+    channels = x.shape[1]
+    for name, value in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                        ("running_var", running_var)):
+        require_vector(value, name, channels, where)
+    eps = require_eps(eps, where, allow_zero=True)
+    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
+    return affine_transform(x, running_mean, scale, beta)
+
+
+def fold_batchnorm(weight, bias, gamma, beta, running_mean, running_var, eps=1e-5):
+    """Fold an evaluation-mode BN into the linear layer before it.
+
+    For ``z = x @ weight + bias`` followed by BN with stored statistics, returns
+    ``(weight_folded, bias_folded)`` with ``x @ weight_folded + bias_folded == BN(z)``:
+
+        s = gamma / sqrt(running_var + eps)
+        weight_folded = weight * s            (each output column scaled)
+        bias_folded   = (bias - running_mean) * s + beta
+
+    Args:
+        weight: (D_in, D_out). bias: (D_out,) or None (no bias).
+        gamma, beta, running_mean, running_var: (D_out,).
+    """
+    where = "fold_batchnorm"
+    require_array(weight, "weight", where)
+    if weight.ndim != 2:
+        raise ValueError(f"{where}: weight must have shape (D_in, D_out), got {weight.shape}")
+    width = weight.shape[1]
+    if bias is None:
+        bias = np.zeros(width, weight.dtype)
+    for name, value in (("bias", bias), ("gamma", gamma), ("beta", beta),
+                        ("running_mean", running_mean), ("running_var", running_var)):
+        require_vector(value, name, width, where)
+    eps = require_eps(eps, where, allow_zero=True)
+    scale = gamma / np.sqrt(running_var + eps)
+    weight_folded = (weight * scale).astype(weight.dtype)
+    bias_folded = ((bias - running_mean) * scale + beta).astype(weight.dtype)
+    return weight_folded, bias_folded
