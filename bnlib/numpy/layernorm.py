@@ -45,6 +45,8 @@ def normalize_rows(rows: np.ndarray, eps: float, center: bool = True):
     """Return ``(xhat, rstd)`` for each row of a 2-D array (two-pass, biased variance)."""
     if center:
         rows = rows - rows.mean(axis=1, keepdims=True)
+        # A second pass removes the rounding error of the first mean (large offsets).
+        rows -= rows.mean(axis=1, keepdims=True)
     rstd = 1.0 / np.sqrt(np.mean(rows * rows, axis=1, keepdims=True) + eps)
     return rows * rstd, rstd
 
