@@ -1,0 +1,668 @@
+"""Training experiments on the scikit-learn digits behind chapters 6 and 7.
+
+A small multilayer perceptron, ``in -> [Linear -> norm -> activation] x L -> Linear``, whose
+normalisation layer is one of
+
+- ``"none"``: no normalisation (the Linear layers keep their bias);
+- ``"batch"``: Batch Normalization over the mini-batch (Ioffe & Szegedy 2015);
+- ``"layer"``: Layer Normalization over the features of each example (Ba et al. 2016);
+- ``"group"``: Group Normalization over groups of features of each example (Wu & He 2018);
+- ``"noisy"``: Batch Normalization followed by a random per-feature scale and shift that changes
+  at every training step (the "noisy BatchNorm" of Santurkar et al. 2018).
+
+The functions here train such networks with a fixed seed and return plain NumPy records
+(accuracy curves, percentiles of one pre-activation, learning-rate and batch-size sweeps, loss
+smoothness along the gradient); the ``plot_*`` functions draw them with matplotlib.
+Everything runs on the CPU with one thread, so a result depends only on its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "NORM_KINDS",
+    "NORM_LABELS",
+    "PERCENTILES",
+    "History",
+    "NoisyBatchNorm1d",
+    "SmoothnessRecord",
+    "batch_size_sweep",
+    "batch_size_table",
+    "build_mlp",
+    "evaluate_accuracy",
+    "learning_rate_sweep",
+    "loss_smoothness",
+    "norm_layer",
+    "plot_accuracy_curves",
+    "plot_batch_size_sweep",
+    "plot_learning_rate_sweep",
+    "plot_percentiles",
+    "plot_smoothness",
+    "recalibrate_batch_norm",
+    "train",
+    "train_many",
+]
+
+NORM_KINDS = ("none", "batch", "layer", "group", "noisy")
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+PERCENTILES = (15, 50, 85)
+NORM_LABELS = {
+    "none": "no normalisation",
+    "batch": "BatchNorm",
+    "layer": "LayerNorm",
+    "group": "GroupNorm",
+    "noisy": "noisy BatchNorm",
+}
+
+
+def norm_layer(
+    kind: str,
+    num_features: int,
+    *,
+    num_groups: int = 4,
+    max_shift: float = 1.0,
+    max_variance: float = 4.0,
+    noise_seed: int = 0,
+) -> nn.Module:
+    """The normalisation layer ``kind`` for ``(N, num_features)`` inputs, from ``bnlib.torch``.
+
+    ``kind`` is one of :data:`NORM_KINDS`. ``num_groups`` is used by ``"group"``; ``max_shift``,
+    ``max_variance`` and ``noise_seed`` by ``"noisy"`` (see :class:`NoisyBatchNorm1d`).
+    """
+    from bnlib.torch import BatchNorm1d, GroupNorm, LayerNorm
+
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return BatchNorm1d(num_features)
+    if kind == "layer":
+        return LayerNorm(num_features)
+    if kind == "group":
+        return GroupNorm(num_groups, num_features)
+    if kind == "noisy":
+        return NoisyBatchNorm1d(
+            num_features, max_shift=max_shift, max_variance=max_variance, seed=noise_seed
+        )
+    raise ValueError(f"norm must be one of {NORM_KINDS}, got {kind!r}")
+
+
+class NoisyBatchNorm1d(nn.Module):
+    """Batch Normalization followed by a random scale and shift that changes at every step.
+
+    In training mode each call draws, for every feature ``j``, a shift and a variance
+
+        m_j ~ U(-max_shift, max_shift),   v_j ~ U(1, max_variance),
+
+    and returns ``z[:, j] = sqrt(v_j) * bn(x)[:, j] + m_j``. With BN's ``gamma = 1, beta = 0``
+    the batch mean of feature ``j`` is then exactly ``m_j`` and its (biased) batch variance
+    ``v_j``: the next layer sees an input distribution that is neither zero-mean nor
+    unit-variance, and that moves at every step, the "noisy BatchNorm" with which
+    Santurkar et al. (2018) simulate severe internal covariate shift. In eval mode no noise is
+    added. The last draws are kept in ``last_shift`` and ``last_variance``, shape ``(D,)``.
+
+    Input and output: ``(N, D)`` float tensors.
+    """
+
+    def __init__(
+        self, num_features: int, *, max_shift: float = 1.0, max_variance: float = 4.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be non-negative, got {max_shift}")
+        if max_variance < 1:
+            raise ValueError(f"max_variance must be at least 1, got {max_variance}")
+        self.batch_norm = norm_layer("batch", num_features)
+        self.max_shift = float(max_shift)
+        self.max_variance = float(max_variance)
+        # A private generator: the noise does not disturb the global random stream.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last_shift: torch.Tensor | None = None
+        self.last_variance: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.batch_norm(x)
+        if not self.training:
+            return out
+        num_features = out.shape[1]
+        uniform = torch.rand(2, num_features, generator=self.generator)
+        shift = (2 * uniform[0] - 1) * self.max_shift
+        variance = 1 + uniform[1] * (self.max_variance - 1)
+        self.last_shift, self.last_variance = shift, variance
+        return out * variance.sqrt().to(out.dtype) + shift.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"max_shift={self.max_shift}, max_variance={self.max_variance}"
+
+
+class MLP(nn.Module):
+    """``in_features -> [Linear -> norm -> activation] x len(hidden) -> Linear -> logits``.
+
+    The Linear layers before a normalisation have no bias: a normalisation that subtracts a
+    mean removes BN's per-feature bias exactly, and its own ``beta`` plays that role.
+    ``init_std``, when given, draws every weight from ``N(0, init_std**2)`` and sets the biases
+    to zero (the "small random Gaussian values" of Ioffe & Szegedy's Fig. 1); otherwise
+    PyTorch's default initialisation is kept.
+
+    Input ``(N, in_features)`` float32, output logits ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        hidden: Sequence[int] = (100, 100, 100),
+        *,
+        norm: str = "none",
+        activation: str = "sigmoid",
+        init_std: float | None = None,
+        in_features: int = 64,
+        num_classes: int = 10,
+        **norm_options,
+    ) -> None:
+        super().__init__()
+        if norm not in NORM_KINDS:
+            raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        if len(hidden) == 0:
+            raise ValueError("hidden must name at least one hidden layer")
+        self.norm = norm
+        widths = [in_features, *hidden]
+        self.linears = nn.ModuleList(
+            nn.Linear(w_in, w_out, bias=norm == "none")
+            for w_in, w_out in zip(widths[:-1], hidden, strict=True)
+        )
+        self.norms = nn.ModuleList(
+            norm_layer(norm, width, noise_seed=index, **norm_options)
+            for index, width in enumerate(hidden)
+        )
+        self.activation = ACTIVATIONS[activation]()
+        self.head = nn.Linear(widths[-1], num_classes)
+        if init_std is not None:
+            for linear in [*self.linears, self.head]:
+                nn.init.normal_(linear.weight, std=init_std)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+
+    def forward_with_preactivations(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits ``(N, num_classes)`` and the activation inputs ``(N, width)``, one per layer."""
+        preactivations = []
+        for linear, norm in zip(self.linears, self.norms, strict=True):
+            z = norm(linear(x))
+            preactivations.append(z)
+            x = self.activation(z)
+        return self.head(x), preactivations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_preactivations(x)[0]
+
+
+def build_mlp(norm: str = "none", *, seed: int = 0, **options) -> MLP:
+    """An :class:`MLP` whose initial weights depend only on ``seed`` (options as for MLP)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return MLP(norm=norm, **options)
+
+
+@dataclass
+class History:
+    """What :func:`train` records, every ``eval_every`` steps (and at step 0).
+
+    ``steps`` (E,) int; ``test_accuracy`` (E,) in [0, 1]; ``train_loss`` (E,) the mean
+    mini-batch cross-entropy since the previous record (NaN at step 0); ``percentiles`` (E, 3)
+    the 15th, 50th and 85th percentiles over the test set of the activation input of one unit of
+    the last hidden layer (eval mode). ``diverged`` is True when the loss became non-finite.
+    """
+
+    steps: np.ndarray
+    test_accuracy: np.ndarray
+    train_loss: np.ndarray
+    percentiles: np.ndarray
+    diverged: bool = False
+    final_train_loss: float = field(default=math.nan)
+
+
+def _tensors(data) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x_train, y_train, x_test, y_test`` of ``data`` as float32 / int64 tensors."""
+    return (
+        torch.as_tensor(np.asarray(data.x_train), dtype=torch.float32),
+        torch.as_tensor(np.asarray(data.y_train), dtype=torch.int64),
+        torch.as_tensor(np.asarray(data.x_test), dtype=torch.float32),
+        torch.as_tensor(np.asarray(data.y_test), dtype=torch.int64),
+    )
+
+
+def _batches(num_examples: int, batch_size: int, generator: torch.Generator):
+    """Endless index batches: a fresh permutation per epoch, the incomplete last batch dropped."""
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size must be in [1, {num_examples}], got {batch_size}")
+    while True:
+        order = torch.randperm(num_examples, generator=generator)
+        for start in range(0, num_examples - batch_size + 1, batch_size):
+            yield order[start:start + batch_size]
+
+
+def _make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+@torch.no_grad()
+def _evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor, unit: int) -> tuple[float, np.ndarray]:
+    """Test accuracy and the percentiles of unit ``unit`` of the last hidden layer (eval mode)."""
+    was_training = model.training
+    model.eval()
+    logits, preactivations = model.forward_with_preactivations(x)
+    model.train(was_training)
+    accuracy = (logits.argmax(dim=1) == y).double().mean().item()
+    values = preactivations[-1][:, unit].double().numpy()
+    return accuracy, np.percentile(values, PERCENTILES)
+
+
+def train(
+    model: MLP,
+    data,
+    *,
+    steps: int,
+    batch_size: int = 60,
+    lr: float = 0.1,
+    optimizer: str = "sgd",
+    seed: int = 0,
+    eval_every: int = 100,
+    unit: int = 0,
+    progress: str | None = None,
+) -> History:
+    """Train ``model`` in place for ``steps`` mini-batch steps of cross-entropy; return a History.
+
+    ``data`` has ``x_train (n, 64)``, ``y_train (n,)``, ``x_test``, ``y_test`` (e.g.
+    ``bnlib.data.digits()``). Mini-batches are drawn without replacement, epoch by epoch, in an
+    order fixed by ``seed``. ``optimizer`` is ``"sgd"`` (plain, no momentum) or ``"adam"``.
+    Training stops early, with ``diverged=True``, if the loss becomes NaN or infinite.
+    ``progress``, when given, is the label of a tqdm progress bar.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be positive, got {eval_every}")
+    torch.set_num_threads(1)
+    x_train, y_train, x_test, y_test = _tensors(data)
+    batches = _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed))
+    opt = _make_optimizer(optimizer, model.parameters(), lr)
+    model.train()
+    accuracy, percentiles = _evaluate(model, x_test, y_test, unit)
+    record_steps, accuracies, losses, quantiles = [0], [accuracy], [math.nan], [percentiles]
+    running_loss, since_record, diverged = 0.0, 0, False
+    for step in tqdm(range(1, steps + 1), desc=progress, disable=progress is None, leave=False):
+        index = next(batches)
+        loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+        if not torch.isfinite(loss):
+            diverged = True
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running_loss += loss.item()
+        since_record += 1
+        if step % eval_every == 0 or step == steps:
+            accuracy, percentiles = _evaluate(model, x_test, y_test, unit)
+            record_steps.append(step)
+            accuracies.append(accuracy)
+            losses.append(running_loss / since_record)
+            quantiles.append(percentiles)
+            running_loss, since_record = 0.0, 0
+    return History(
+        steps=np.array(record_steps),
+        test_accuracy=np.array(accuracies),
+        train_loss=np.array(losses),
+        percentiles=np.array(quantiles),
+        diverged=diverged,
+        final_train_loss=math.inf if diverged else losses[-1],
+    )
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: MLP, data) -> float:
+    """Accuracy of ``model`` in eval mode on ``data.x_test, data.y_test``."""
+    _, _, x_test, y_test = _tensors(data)
+    was_training = model.training
+    model.eval()
+    accuracy = (model(x_test).argmax(dim=1) == y_test).double().mean().item()
+    model.train(was_training)
+    return accuracy
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: MLP, data) -> MLP:
+    """Replace the running statistics of every BatchNorm1d in ``model`` by the exact mean and
+    (unbiased) variance of its input over the whole training set, in place; returns ``model``.
+
+    One forward pass of ``data.x_train`` in training mode with ``momentum=None`` (a cumulative
+    average over one batch) computes them; the parameters are not changed.
+    """
+    from bnlib.torch import BatchNorm1d
+
+    x_train = _tensors(data)[0]
+    layers = [module for module in model.modules() if isinstance(module, BatchNorm1d)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    was_training = model.training
+    model.train()
+    model(x_train)
+    model.train(was_training)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    return model
+
+
+def train_many(
+    data,
+    norms: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    model_options: dict | None = None,
+    progress: bool = True,
+    **train_options,
+) -> tuple[dict[str, list[History]], dict[str, list[MLP]]]:
+    """Train ``build_mlp(norm, seed=seed, **model_options)`` for every norm and seed.
+
+    ``train_options`` go to :func:`train` (``steps``, ``lr``, ...), with the same ``seed`` as
+    the initialisation. Returns ``(histories, models)``, both ``{norm: [one per seed]}``; the
+    models are the trained ones.
+    """
+    model_options = model_options or {}
+    histories: dict[str, list[History]] = {norm: [] for norm in norms}
+    models: dict[str, list[MLP]] = {norm: [] for norm in norms}
+    for norm in norms:
+        for seed in seeds:
+            model = build_mlp(norm, seed=seed, **model_options)
+            label = f"{NORM_LABELS.get(norm, norm)}, seed {seed}" if progress else None
+            histories[norm].append(train(model, data, seed=seed, progress=label, **train_options))
+            models[norm].append(model)
+    return histories, models
+
+
+def learning_rate_sweep(
+    data,
+    *,
+    norms: Sequence[str] = ("none", "batch"),
+    learning_rates: Sequence[float] = (0.03, 0.1, 0.3, 1.0, 3.0),
+    steps: int = 300,
+    batch_size: int = 60,
+    seed: int = 0,
+    progress: bool = True,
+    **model_options,
+) -> dict[str, np.ndarray]:
+    """Final test accuracy and training loss after ``steps`` plain-SGD steps, per norm and lr.
+
+    Returns ``{"norms": norms, "learning_rates": (L,), "accuracy": (K, L), "train_loss": (K, L)}``
+    for the K ``norms``; a run that diverged has accuracy NaN and loss inf. Every run starts
+    from the weights of ``build_mlp(norm, seed=seed, **model_options)``.
+    """
+    accuracy = np.full((len(norms), len(learning_rates)), np.nan)
+    loss = np.full_like(accuracy, np.inf)
+    runs = [(k, n, i, lr) for k, n in enumerate(norms) for i, lr in enumerate(learning_rates)]
+    for k, norm, i, lr in tqdm(runs, desc="learning rates", disable=not progress, leave=False):
+        model = build_mlp(norm, seed=seed, **model_options)
+        history = train(
+            model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=steps
+        )
+        loss[k, i] = history.final_train_loss
+        if not history.diverged:
+            accuracy[k, i] = history.test_accuracy[-1]
+    return {
+        "norms": tuple(norms),
+        "learning_rates": np.array(learning_rates),
+        "accuracy": accuracy,
+        "train_loss": loss,
+    }
+
+
+def batch_size_sweep(
+    data,
+    *,
+    norms: Sequence[str] = ("batch", "layer", "group"),
+    batch_sizes: Sequence[int] = (2, 4, 8, 16, 32),
+    epochs: int = 4,
+    seeds: Sequence[int] = (0, 1),
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    progress: bool = True,
+    **model_options,
+) -> dict[str, np.ndarray]:
+    """Test accuracy after ``epochs`` epochs for each norm, batch size and seed.
+
+    The number of epochs is the same for every batch size, so smaller batches take more
+    (noisier) steps. Returns ``{"norms": norms, "batch_sizes": (B,), "accuracy": (K, B, S)}``
+    for the K ``norms`` and S ``seeds``; evaluation is in eval mode (BN uses its running
+    statistics).
+    """
+    x_train = np.asarray(data.x_train)
+    accuracy = np.full((len(norms), len(batch_sizes), len(seeds)), np.nan)
+    runs = [
+        (k, norm, b, size, s, seed)
+        for k, norm in enumerate(norms)
+        for b, size in enumerate(batch_sizes)
+        for s, seed in enumerate(seeds)
+    ]
+    for k, norm, b, size, s, seed in tqdm(
+        runs, desc="batch sizes", disable=not progress, leave=False
+    ):
+        model = build_mlp(norm, seed=seed, **model_options)
+        steps = epochs * (len(x_train) // size)
+        history = train(
+            model, data, steps=steps, batch_size=size, lr=lr, optimizer=optimizer, seed=seed,
+            eval_every=steps,
+        )
+        accuracy[k, b, s] = history.test_accuracy[-1]
+    return {"norms": tuple(norms), "batch_sizes": np.array(batch_sizes), "accuracy": accuracy}
+
+
+def batch_size_table(sweep: dict) -> str:
+    """A Markdown table of a :func:`batch_size_sweep`: one row per norm, one column per batch
+    size, each cell the mean test accuracy over the seeds with the range (min to max)."""
+    sizes = sweep["batch_sizes"]
+    lines = [
+        "| normalisation | " + " | ".join(f"batch {size}" for size in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for norm, accuracy in zip(sweep["norms"], sweep["accuracy"], strict=True):
+        cells = [
+            f"{runs.mean():.1%} ({runs.min():.1%} to {runs.max():.1%})" for runs in accuracy
+        ]
+        lines.append(f"| {NORM_LABELS.get(norm, norm)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass
+class SmoothnessRecord:
+    """Loss and gradient along the gradient direction, measured during training.
+
+    At training step ``steps[t]``, with ``g`` the mini-batch gradient at the weights ``w``,
+    and for each ``eta`` in ``step_sizes`` (H,): ``loss[t, h] = L(w - eta g)`` and
+    ``gradient_change[t, h] = ||grad L(w - eta g) - g||``, on the same mini-batch. From them:
+    ``loss_range`` (T,) = max - min of ``loss[t]`` (with ``L(w)``), and ``beta_smoothness`` (T,)
+    = max over eta of ``gradient_change / ||eta g||`` (Santurkar et al.'s "effective
+    beta-smoothness").
+    """
+
+    steps: np.ndarray
+    step_sizes: np.ndarray
+    loss: np.ndarray
+    gradient_change: np.ndarray
+    loss_range: np.ndarray
+    beta_smoothness: np.ndarray
+    train_loss: np.ndarray
+
+
+def _loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """Mini-batch loss (float) and its gradient as one flat float64 vector."""
+    model.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
+    return loss.item(), gradient
+
+
+def _along_gradient(model, x, y, gradient, step_sizes):
+    """Losses and gradient changes at ``w - eta g`` for each eta; the weights are restored."""
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    losses, changes = [], []
+    for eta in step_sizes:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(
+                torch.nn.utils.parameters_to_vector(model.parameters())
+                - eta * gradient.to(torch.float32),
+                model.parameters(),
+            )
+        loss, moved_gradient = _loss_and_gradient(model, x, y)
+        losses.append(loss)
+        changes.append((moved_gradient - gradient).norm().item())
+        # Restores the weights and the running statistics the probe forward pass updated.
+        model.load_state_dict(state)
+    return losses, changes
+
+
+def loss_smoothness(
+    data,
+    norm: str,
+    *,
+    steps: int = 600,
+    measure_every: int = 50,
+    lr: float = 0.1,
+    step_sizes: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
+    batch_size: int = 60,
+    seed: int = 0,
+    progress: str | None = None,
+    **model_options,
+) -> SmoothnessRecord:
+    """Train ``build_mlp(norm, seed=seed, **model_options)`` with plain SGD and measure, every
+    ``measure_every`` steps, how the loss and gradient change along the gradient direction
+    (see :class:`SmoothnessRecord`). ``"noisy"`` is refused: its noise would differ between
+    the probes of one measurement."""
+    if norm == "noisy":
+        raise ValueError("loss_smoothness needs a deterministic forward pass; 'noisy' is not one")
+    torch.set_num_threads(1)
+    model = build_mlp(norm, seed=seed, **model_options)
+    model.train()
+    x_train, y_train, _, _ = _tensors(data)
+    batches = _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    etas = np.array(step_sizes, dtype=np.float64)
+    record_steps, losses, changes, gradient_norms = [], [], [], []
+    for step in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+        index = next(batches)
+        x, y = x_train[index], y_train[index]
+        if step % measure_every == 0:
+            loss, gradient = _loss_and_gradient(model, x, y)
+            probe_losses, probe_changes = _along_gradient(model, x, y, gradient, etas)
+            record_steps.append(step)
+            losses.append([loss, *probe_losses])
+            changes.append(probe_changes)
+            gradient_norms.append(gradient.norm().item())
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    losses_array, changes_array = np.array(losses), np.array(changes)
+    distances = etas[None, :] * np.array(gradient_norms)[:, None]  # ||w - (w - eta g)||
+    return SmoothnessRecord(
+        steps=np.array(record_steps),
+        step_sizes=etas,
+        loss=losses_array[:, 1:],
+        gradient_change=changes_array,
+        loss_range=losses_array.max(axis=1) - losses_array.min(axis=1),
+        beta_smoothness=(changes_array / distances).max(axis=1),
+        train_loss=losses_array[:, 0],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib Axes in, Axes out)
+
+
+
+def plot_accuracy_curves(ax, histories: dict[str, Sequence[History]]):
+    """Test accuracy against steps: per norm, the mean over seeds and a band from min to max."""
+    for norm, runs in histories.items():
+        steps = runs[0].steps
+        accuracy = np.array([run.test_accuracy for run in runs])
+        line, = ax.plot(steps, accuracy.mean(axis=0), label=NORM_LABELS.get(norm, norm))
+        ax.fill_between(steps, accuracy.min(axis=0), accuracy.max(axis=0),
+                        color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1))
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_percentiles(ax, history: History, title: str = ""):
+    """The 15th, 50th and 85th percentiles of the tracked activation input against steps.
+
+    The record at step 0 is left out: there BN's running statistics still hold their initial
+    values (mean 0, variance 1), so eval mode does not yet describe the network.
+    """
+    steps, values = history.steps[1:], history.percentiles[1:]
+    for column, (percentile, style) in enumerate(zip(PERCENTILES, (":", "-", "--"), strict=True)):
+        ax.plot(steps, values[:, column], style, color="k", label=f"{percentile}th percentile")
+    ax.set(xlabel="training step", ylabel="sigmoid input", title=title)
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_learning_rate_sweep(ax, sweep: dict):
+    """Final test accuracy against learning rate (log axis); diverged runs drawn as x at 0."""
+    rates = sweep["learning_rates"]
+    for norm, accuracy in zip(sweep["norms"], sweep["accuracy"], strict=True):
+        line, = ax.plot(rates, accuracy, "o-", label=NORM_LABELS.get(norm, norm))
+        diverged = np.isnan(accuracy)
+        ax.plot(rates[diverged], np.zeros(diverged.sum()), "x", color=line.get_color())
+    ax.set(xscale="log", xlabel="learning rate (plain SGD)", ylabel="test accuracy", ylim=(0, 1))
+    ax.legend(loc="lower left")
+    return ax
+
+
+def plot_batch_size_sweep(ax, sweep: dict):
+    """Test accuracy against batch size (log axis): mean over seeds, error bar from min to max."""
+    sizes = sweep["batch_sizes"]
+    for norm, accuracy in zip(sweep["norms"], sweep["accuracy"], strict=True):
+        mean = accuracy.mean(axis=1)
+        errors = np.stack([mean - accuracy.min(axis=1), accuracy.max(axis=1) - mean])
+        ax.errorbar(sizes, mean, yerr=errors, marker="o", capsize=3,
+                    label=NORM_LABELS.get(norm, norm))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(size) for size in sizes])
+    ax.set(xlabel="batch size", ylabel="test accuracy")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_smoothness(axes, records: dict[str, SmoothnessRecord]):
+    """Three panels: loss range and gradient change along the gradient against steps, and the
+    loss range against the current mini-batch loss (which separates smoothness from progress)."""
+    loss_ax, gradient_ax, matched_ax = axes
+    for norm, record in records.items():
+        label = NORM_LABELS.get(norm, norm)
+        loss_ax.plot(record.steps, record.loss_range, label=label)
+        gradient_ax.plot(record.steps, record.gradient_change.max(axis=1), label=label)
+        matched_ax.scatter(record.train_loss, record.loss_range, s=12, label=label)
+    loss_ax.set(xlabel="training step", ylabel="loss range along the gradient", yscale="log")
+    gradient_ax.set(xlabel="training step", ylabel="max gradient change", yscale="log")
+    matched_ax.set(xlabel="mini-batch loss at that step", ylabel="loss range along the gradient",
+                   xscale="log", yscale="log")
+    for ax in axes:
+        ax.legend(loc="best", fontsize="small")
+    return axes
