@@ -83,12 +83,23 @@ def channel_sums(x3: np.ndarray, shift: np.ndarray, dtype: np.dtype):
     s1 = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
     scratch = scratch_for(x3, dtype)
+    ones = np.ones(length, dtype)
     for rows in batch_chunks(n, c * length * x3.itemsize):
         d = scratch[: rows.stop - rows.start]
         np.subtract(x3[rows], shift[:, None], out=d)
-        s1 += np.einsum("ncl->nc", d).sum(axis=0, dtype=np.float64)
-        s2 += np.einsum("ncl,ncl->nc", d, d).sum(axis=0, dtype=np.float64)
+        s1 += np.matmul(d, ones).sum(axis=0, dtype=np.float64)
+        s2 += np.vecdot(d, d).sum(axis=0, dtype=np.float64)
     return s1, s2
+
+
+def centring_needed(center, spread, dtype) -> bool:
+    """Whether ``x * scale + (shift - center * scale)`` would lose visible precision.
+
+    That form rounds values of size |center| * spread (in units of the output's spread), so
+    it costs about that many ulps. Below the threshold the cheaper form is used; above it
+    the input is centred first.
+    """
+    return bool(np.any(np.abs(center) * spread * np.finfo(dtype).eps > 1e-6))
 
 
 def batch_statistics(x: np.ndarray):
@@ -108,25 +119,31 @@ def batch_statistics(x: np.ndarray):
     return mean, var
 
 
-def affine_transform(x: np.ndarray, center, scale, shift) -> np.ndarray:
+def affine_transform(x: np.ndarray, center, scale, shift, spread) -> np.ndarray:
     """Return ``(x - center) * scale + shift`` per channel, in x's dtype, chunk by chunk.
 
-    Subtracting the centre first keeps float32 accurate when the mean is large.
+    ``spread`` is 1 / std per channel. When the mean is large against the spread the input
+    is centred first, which keeps float32 accurate; otherwise the centre is folded into the
+    shift and each chunk costs two operations instead of three.
     """
     x3 = as_ncl(x)
     dtype = compute_dtype(x.dtype)
     out = np.empty(x.shape, x.dtype)
     out3 = as_ncl(out)
     center, scale, shift = (np.asarray(v, np.float64) for v in (center, scale, shift))
-    rounded = center.astype(dtype)
-    # x - rounded is exact near the mean; the rounding error of the centre moves into shift.
+    centre_first = centring_needed(center, spread, dtype)
+    rounded = center.astype(dtype) if centre_first else np.zeros_like(center)
+    # The part of the centre not subtracted exactly moves into the shift.
     shift = shift - (center - rounded) * scale
     center, scale, shift = (v.astype(dtype)[:, None] for v in (rounded, scale, shift))
     scratch = None if dtype == x.dtype else scratch_for(x3, dtype)
     for rows in batch_chunks(x3.shape[0], x3.shape[1] * x3.shape[2] * x3.itemsize):
         block = out3[rows] if scratch is None else scratch[: rows.stop - rows.start]
-        np.subtract(x3[rows], center, out=block)
-        block *= scale
+        if centre_first:
+            np.subtract(x3[rows], center, out=block)
+            block *= scale
+        else:
+            np.multiply(x3[rows], scale, out=block)
         block += shift
         if scratch is not None:
             out3[rows] = block
@@ -158,7 +175,7 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
         return x.copy(), BatchNormCache(x, empty, empty, gamma.astype(np.float64))
     mean, var = batch_statistics(x)
     invstd = 1.0 / np.sqrt(var + eps)
-    out = affine_transform(x, mean, gamma * invstd, beta)
+    out = affine_transform(x, mean, gamma * invstd, beta, invstd)
     return out, BatchNormCache(x, mean, invstd, gamma.astype(np.float64))
 
 
@@ -198,7 +215,7 @@ def batchnorm_backward(dout, cache):
     # dx = scale*dy + slope*(x - mean) + offset, the closed form expanded per channel.
     slope = -scale * cache.invstd * dgamma / count
     offset = -scale * dbeta / count
-    dx = gradient_apply(dout, x, cache.mean, scale, slope, offset, dtype)
+    dx = gradient_apply(dout, x, cache.mean, cache.invstd, scale, slope, offset, dtype)
     return dx, dgamma.astype(dtype), dbeta.astype(dtype)
 
 
@@ -211,23 +228,29 @@ def gradient_sums(dout, x, mean, dtype):
     rounded = mean.astype(dtype)
     center = rounded[:, None]
     scratch = scratch_for(x3, dtype)
+    ones = np.ones(length, dtype)
     for rows in batch_chunks(n, c * length * x3.itemsize):
         dy = d3[rows].astype(dtype, copy=False)
         xmu = scratch[: rows.stop - rows.start]
         np.subtract(x3[rows], center, out=xmu)
-        sum_dy += np.einsum("ncl->nc", dy).sum(axis=0, dtype=np.float64)
-        sum_dy_xmu += np.einsum("ncl,ncl->nc", dy, xmu).sum(axis=0, dtype=np.float64)
+        sum_dy += np.matmul(dy, ones).sum(axis=0, dtype=np.float64)
+        sum_dy_xmu += np.vecdot(dy, xmu).sum(axis=0, dtype=np.float64)
     # Undo the rounding of the centre: sum(dy * (x - mean)) = sum(dy * (x - rounded)) - ...
     return sum_dy, sum_dy_xmu - sum_dy * (mean - rounded)
 
 
-def gradient_apply(dout, x, mean, scale, slope, offset, dtype):
-    """Return ``scale * dout + slope * (x - mean) + offset`` per channel, chunk by chunk."""
+def gradient_apply(dout, x, mean, invstd, scale, slope, offset, dtype):
+    """Return ``scale * dout + slope * (x - mean) + offset`` per channel, chunk by chunk.
+
+    As in :func:`affine_transform`, x is centred first only when the mean is large
+    against the spread (``invstd``).
+    """
     d3, x3 = as_ncl(dout), as_ncl(x)
     n, c, length = x3.shape
     dx = np.empty(x.shape, x.dtype)
     dx3 = as_ncl(dx)
-    rounded = mean.astype(dtype)
+    centre_first = centring_needed(mean, invstd, dtype)
+    rounded = mean.astype(dtype) if centre_first else np.zeros_like(mean)
     offset = offset + slope * (rounded - mean)
     center, scale, slope, offset = (
         np.asarray(v).astype(dtype)[:, None] for v in (rounded, scale, slope, offset)
@@ -236,13 +259,16 @@ def gradient_apply(dout, x, mean, scale, slope, offset, dtype):
     staging = None if dtype == x.dtype else scratch_for(x3, dtype)
     for rows in batch_chunks(n, c * length * x3.itemsize):
         size = rows.stop - rows.start
-        xmu = scratch[:size]
-        np.subtract(x3[rows], center, out=xmu)
-        xmu *= slope
-        xmu += offset
+        term = scratch[:size]
+        if centre_first:
+            np.subtract(x3[rows], center, out=term)
+            term *= slope
+        else:
+            np.multiply(x3[rows], slope, out=term)
+        term += offset
         block = dx3[rows] if staging is None else staging[:size]
         np.multiply(d3[rows], scale, out=block)
-        block += xmu
+        block += term
         if staging is not None:
             dx3[rows] = block
     return dx
@@ -268,8 +294,8 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5):
                         ("running_var", running_var)):
         require_vector(value, name, channels, where)
     eps = require_eps(eps, where, allow_zero=True)
-    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
-    return affine_transform(x, running_mean, scale, beta)
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    return affine_transform(x, running_mean, gamma * invstd, beta, invstd)
 
 
 def fold_batchnorm(weight, bias, gamma, beta, running_mean, running_var, eps=1e-5):

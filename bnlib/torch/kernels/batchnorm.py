@@ -1,0 +1,327 @@
+"""Triton kernels for batch normalisation over ``(N, C, *spatial)`` tensors.
+
+Two memory layouts, each seen as a matrix whose rows or columns hold one channel:
+
+* NCHW (contiguous): ``x`` is ``(N, C, S)`` with ``S = prod(spatial)``; each ``(n, c)`` plane is
+  ``S`` contiguous values, so a channel is ``N`` strided runs of ``S`` values.
+* channels_last: ``x`` is the row-major matrix ``(R, C)`` with ``R = N * S``; the channel is
+  the fastest axis and a channel's values form one column.
+
+Training forward (3 passes over ``x``'s bytes: read, read, write):
+
+1. ``*_stats_*``: each program reduces one block of one channel (or of a block of channels) to
+   a partial ``(mean, M2, count)`` with Welford's update in float32;
+2. ``bn_stats_combine_kernel``: merges the partials of each channel with Chan's formula;
+3. ``bn_apply_kernel``: ``y = (x - mean) * invstd * weight + bias``.
+
+Training backward (5 passes: read x, dy; read x, dy; write dx):
+
+1. ``*_grad_sums_*``: partial ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel block;
+2. ``bn_grad_combine_kernel``: ``dbias = sum(dy)``, ``dweight = invstd * sum(dy * (x - mean))``;
+3. ``bn_input_grad_kernel``: ``dx = weight * invstd * (dy - dbias / M - xhat * dweight / M)``.
+
+Partials are written to a ``(splits, C)`` buffer, one row per split, so no program waits on
+another and no atomics are needed. Every value is accumulated in float32.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def welford_combine(mean_a, m2_a, count_a, mean_b, m2_b, count_b):
+    """Chan's parallel formula: merge two ``(mean, M2, count)`` summaries (counts may be 0)."""
+    count = count_a + count_b
+    weight_b = count_b / tl.maximum(count, 1.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * weight_b
+    m2 = m2_a + m2_b + delta * delta * count_a * weight_b
+    return mean, m2, count
+
+
+@triton.jit
+def _welford_update(mean, m2, count, x, mask):
+    """One Welford step per lane; masked lanes keep their summary unchanged."""
+    new_count = count + mask.to(tl.float32)
+    delta = x - mean
+    new_mean = mean + tl.where(mask, delta / tl.maximum(new_count, 1.0), 0.0)
+    new_m2 = m2 + tl.where(mask, delta * (x - new_mean), 0.0)
+    return new_mean, new_m2, new_count
+
+
+@triton.jit
+def bn_stats_nchw_kernel(
+    x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
+    N, C, S, n_per_split, s_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Partial Welford summary of ``x - shift`` for channel ``program_id(0)`` over one block.
+
+    ``shift = x[0, c, 0]``, one sample of the channel, stored by the first split.
+    Grid ``(C, splits_n, splits_s)``; writes row ``split_n * splits_s + split_s`` of the
+    ``(splits, C)`` partial buffers.
+    """
+    channel = tl.program_id(0)
+    split_n = tl.program_id(1)
+    split_s = tl.program_id(2)
+    n_start = split_n * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    s_start = split_s * s_per_split
+    s_end = tl.minimum(s_start + s_per_split, S)
+    n_offsets = tl.arange(0, BLOCK_N)[:, None]
+    s_offsets = tl.arange(0, BLOCK_S)[None, :]
+    shift = tl.load(x_ptr + channel.to(tl.int64) * S).to(tl.float32)
+    if split_n + split_s == 0:
+        tl.store(shift_ptr + channel, shift)
+    mean = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    m2 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    count = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        n = n0 + n_offsets
+        plane = (n.to(tl.int64) * C + channel) * S
+        for s0 in range(s_start, s_end, BLOCK_S):
+            s = s0 + s_offsets
+            mask = (n < n_end) & (s < s_end)
+            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            mean, m2, count = _welford_update(mean, m2, count, x - shift, mask)
+    mean, m2, count = tl.reduce((mean, m2, count), 1, welford_combine)
+    mean, m2, count = tl.reduce((mean, m2, count), 0, welford_combine)
+    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    tl.store(part_mean_ptr + out, mean)
+    tl.store(part_m2_ptr + out, m2)
+    tl.store(part_count_ptr + out, count)
+
+
+@triton.jit
+def bn_stats_cl_kernel(
+    x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
+    R, C, rows_per_split,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Partial Welford summaries of ``x - shift`` for ``BLOCK_C`` columns over one row block.
+
+    ``shift = x[0, c]`` (row 0 of the ``(R, C)`` matrix), stored by the first split.
+    Grid ``(cdiv(C, BLOCK_C), splits)``; writes row ``program_id(1)`` of the partial buffers.
+    """
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    split = tl.program_id(1)
+    r_start = split * rows_per_split
+    r_end = tl.minimum(r_start + rows_per_split, R)
+    r_offsets = tl.arange(0, BLOCK_R)[:, None]
+    shift = tl.load(x_ptr + columns, mask=columns < C, other=0.0).to(tl.float32)
+    if split == 0:
+        tl.store(shift_ptr + columns, shift, mask=columns < C)
+    mean = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    count = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        r = r0 + r_offsets
+        mask = (r < r_end) & (columns < C)
+        x = tl.load(x_ptr + r.to(tl.int64) * C + columns, mask=mask, other=0.0).to(tl.float32)
+        mean, m2, count = _welford_update(mean, m2, count, x - shift, mask)
+    mean, m2, count = tl.reduce((mean, m2, count), 0, welford_combine)
+    columns = tl.reshape(columns, [BLOCK_C])
+    out = split * C + columns
+    tl.store(part_mean_ptr + out, mean, mask=columns < C)
+    tl.store(part_m2_ptr + out, m2, mask=columns < C)
+    tl.store(part_count_ptr + out, count, mask=columns < C)
+
+
+@triton.jit
+def bn_stats_combine_kernel(
+    part_mean_ptr, part_m2_ptr, part_count_ptr, shift_ptr,
+    mean_ptr, var_ptr, invstd_ptr, mean_dev_ptr,
+    C, splits, eps,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Merge the ``(splits, C)`` partials into ``mean``, biased ``var`` and ``invstd`` ``(C,)``.
+
+    Also stores ``mean_dev = mean - shift``, which the normalise pass subtracts from
+    ``x - shift``: a float32 ``mean`` near 1e3 is only good to 3e-5, ``mean_dev`` to far less.
+    """
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    p_offsets = tl.arange(0, BLOCK_P)[:, None]
+    mean = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    count = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    for p0 in range(0, splits, BLOCK_P):
+        p = p0 + p_offsets
+        mask = (p < splits) & (columns < C)
+        offsets = p * C + columns
+        part_mean = tl.load(part_mean_ptr + offsets, mask=mask, other=0.0)
+        part_m2 = tl.load(part_m2_ptr + offsets, mask=mask, other=0.0)
+        part_count = tl.load(part_count_ptr + offsets, mask=mask, other=0.0)
+        mean, m2, count = welford_combine(mean, m2, count, part_mean, part_m2, part_count)
+    mean, m2, count = tl.reduce((mean, m2, count), 0, welford_combine)
+    var = m2 / tl.maximum(count, 1.0)
+    columns = tl.reshape(columns, [BLOCK_C])
+    mask = columns < C
+    shift = tl.load(shift_ptr + columns, mask=mask, other=0.0)
+    tl.store(mean_ptr + columns, shift + mean, mask=mask)
+    tl.store(mean_dev_ptr + columns, mean, mask=mask)
+    tl.store(var_ptr + columns, var, mask=mask)
+    tl.store(invstd_ptr + columns, 1.0 / tl.sqrt(var + eps), mask=mask)
+
+
+@triton.jit
+def _tile_channels(row_block, col_block, ROWS, COLS, C,
+                   CHANNEL_IS_COLUMN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr):
+    """Offsets, mask and channel index of one ``(BLOCK_R, BLOCK_COL)`` tile of a row-major matrix.
+
+    NCHW: the matrix is ``(N * C, S)`` and the channel of row ``r`` is ``r % C``;
+    channels_last: the matrix is ``(R, C)`` and the channel is the column.
+    """
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cols = col_block * BLOCK_COL + tl.arange(0, BLOCK_COL)[None, :]
+    mask = (rows < ROWS) & (cols < COLS)
+    offsets = rows.to(tl.int64) * COLS + cols
+    if CHANNEL_IS_COLUMN:
+        channel = cols
+        channel_mask = cols < COLS
+    else:
+        channel = rows % C
+        channel_mask = rows < ROWS
+    return offsets, mask, channel, channel_mask
+
+
+@triton.jit
+def bn_apply_kernel(
+    x_ptr, y_ptr, shift_ptr, mean_dev_ptr, scale_ptr, weight_ptr, bias_ptr,
+    ROWS, COLS, C, eps,
+    HAS_MEAN_DEV: tl.constexpr, SCALE_IS_VAR: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    CHANNEL_IS_COLUMN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
+):
+    """``y = ((x - shift[c]) - mean_dev[c]) * invstd[c] * weight[c] + bias[c]`` over one tile.
+
+    Training: ``shift`` is a sample of the channel and ``mean_dev = mean - shift``; centring in
+    two steps keeps the float32 rounding of a large mean out of ``y``. Inference: ``shift`` is
+    the running mean, there is no ``mean_dev``, and ``scale_ptr`` holds the running variance
+    (``SCALE_IS_VAR``: ``invstd = 1 / sqrt(var + eps)``).
+    """
+    offsets, mask, channel, channel_mask = _tile_channels(
+        tl.program_id(0), tl.program_id(1), ROWS, COLS, C, CHANNEL_IS_COLUMN, BLOCK_R, BLOCK_COL)
+    shift = tl.load(shift_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + channel, mask=channel_mask, other=1.0).to(tl.float32)
+    if SCALE_IS_VAR:
+        scale = 1.0 / tl.sqrt(scale + eps)
+    if HAS_WEIGHT:
+        scale *= tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    centred = x - shift
+    if HAS_MEAN_DEV:
+        centred -= tl.load(mean_dev_ptr + channel, mask=channel_mask, other=0.0)
+    y = centred * scale
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def bn_grad_sums_nchw_kernel(
+    dy_ptr, x_ptr, mean_ptr, part_dy_ptr, part_dyxmu_ptr,
+    N, C, S, n_per_split, s_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of one channel over one ``(n, s)`` block."""
+    channel = tl.program_id(0)
+    split_n = tl.program_id(1)
+    split_s = tl.program_id(2)
+    n_start = split_n * n_per_split
+    n_end = tl.minimum(n_start + n_per_split, N)
+    s_start = split_s * s_per_split
+    s_end = tl.minimum(s_start + s_per_split, S)
+    n_offsets = tl.arange(0, BLOCK_N)[:, None]
+    s_offsets = tl.arange(0, BLOCK_S)[None, :]
+    mean = tl.load(mean_ptr + channel)
+    sum_dy = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    sum_dyxmu = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        n = n0 + n_offsets
+        plane = (n.to(tl.int64) * C + channel) * S
+        for s0 in range(s_start, s_end, BLOCK_S):
+            s = s0 + s_offsets
+            mask = (n < n_end) & (s < s_end)
+            dy = tl.load(dy_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            sum_dy += dy
+            sum_dyxmu += dy * (x - mean)
+    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    tl.store(part_dy_ptr + out, tl.sum(tl.sum(sum_dy, 1), 0))
+    tl.store(part_dyxmu_ptr + out, tl.sum(tl.sum(sum_dyxmu, 1), 0))
+
+
+@triton.jit
+def bn_grad_sums_cl_kernel(
+    dy_ptr, x_ptr, mean_ptr, part_dy_ptr, part_dyxmu_ptr,
+    R, C, rows_per_split,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of ``BLOCK_C`` columns over a row block."""
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    split = tl.program_id(1)
+    r_start = split * rows_per_split
+    r_end = tl.minimum(r_start + rows_per_split, R)
+    r_offsets = tl.arange(0, BLOCK_R)[:, None]
+    mean = tl.load(mean_ptr + columns, mask=columns < C, other=0.0)
+    sum_dy = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    sum_dyxmu = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        r = r0 + r_offsets
+        mask = (r < r_end) & (columns < C)
+        offsets = r.to(tl.int64) * C + columns
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        sum_dy += dy
+        sum_dyxmu += dy * tl.where(mask, x - mean, 0.0)
+    columns = tl.reshape(columns, [BLOCK_C])
+    out = split * C + columns
+    tl.store(part_dy_ptr + out, tl.sum(sum_dy, 0), mask=columns < C)
+    tl.store(part_dyxmu_ptr + out, tl.sum(sum_dyxmu, 0), mask=columns < C)
+
+
+@triton.jit
+def bn_grad_combine_kernel(
+    part_dy_ptr, part_dyxmu_ptr, invstd_ptr, dweight_ptr, dbias_ptr,
+    C, splits,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """``dbias = sum(dy)``, ``dweight = invstd * sum(dy * (x - mean))`` from the partials."""
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    p_offsets = tl.arange(0, BLOCK_P)[:, None]
+    sum_dy = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    sum_dyxmu = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
+    for p0 in range(0, splits, BLOCK_P):
+        p = p0 + p_offsets
+        mask = (p < splits) & (columns < C)
+        sum_dy += tl.load(part_dy_ptr + p * C + columns, mask=mask, other=0.0)
+        sum_dyxmu += tl.load(part_dyxmu_ptr + p * C + columns, mask=mask, other=0.0)
+    columns = tl.reshape(columns, [BLOCK_C])
+    mask = columns < C
+    invstd = tl.load(invstd_ptr + columns, mask=mask, other=0.0)
+    tl.store(dbias_ptr + columns, tl.sum(sum_dy, 0), mask=mask)
+    tl.store(dweight_ptr + columns, tl.sum(sum_dyxmu, 0) * invstd, mask=mask)
+
+
+@triton.jit
+def bn_input_grad_kernel(
+    dy_ptr, x_ptr, dx_ptr, mean_ptr, invstd_ptr, weight_ptr, dweight_ptr, dbias_ptr,
+    ROWS, COLS, C, inv_count,
+    HAS_WEIGHT: tl.constexpr, CHANNEL_IS_COLUMN: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
+):
+    """``dx = weight * invstd * (dy - dbias / M - xhat * dweight / M)`` over one tile."""
+    offsets, mask, channel, channel_mask = _tile_channels(
+        tl.program_id(0), tl.program_id(1), ROWS, COLS, C, CHANNEL_IS_COLUMN, BLOCK_R, BLOCK_COL)
+    mean = tl.load(mean_ptr + channel, mask=channel_mask, other=0.0)
+    invstd = tl.load(invstd_ptr + channel, mask=channel_mask, other=0.0)
+    mean_dy = tl.load(dbias_ptr + channel, mask=channel_mask, other=0.0) * inv_count
+    mean_dy_xhat = tl.load(dweight_ptr + channel, mask=channel_mask, other=0.0) * inv_count
+    scale = invstd
+    if HAS_WEIGHT:
+        scale *= tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    xhat = (x - mean) * invstd
+    dx = scale * (dy - mean_dy - xhat * mean_dy_xhat)
+    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)

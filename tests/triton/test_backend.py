@@ -1,0 +1,76 @@
+"""The Triton backend as bnlib.torch's modules use it, and when it can run at all."""
+
+import pytest
+import torch
+
+from bnlib.torch import _triton
+
+bt = pytest.importorskip("bnlib.torch", reason="bnlib.torch modules are not importable")
+if not hasattr(bt, "set_backend"):
+    pytest.skip("bnlib.torch has no set_backend dispatcher", allow_module_level=True)
+
+
+@pytest.fixture
+def triton_backend(device):
+    previous = bt.get_backend()
+    bt.set_backend("triton")
+    yield
+    bt.set_backend(previous)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm2d_on_triton_matches_torch_nn(channels_last, triton_backend, device,
+                                                generator):
+    x = torch.randn(4, 3, 5, 6, generator=generator).to(device) * 2 + 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    dy = torch.randn(x.shape, generator=generator).to(device)
+    ours, theirs = bt.BatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
+    with torch.no_grad():
+        for module in (ours, theirs):
+            module.weight.copy_(torch.linspace(0.5, 1.5, 3))
+            module.bias.copy_(torch.linspace(-1, 1, 3))
+    assert bt.backend_name(x) == "triton"
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    y_ours.backward(dy)
+    y_theirs.backward(dy)
+    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    ours.eval()
+    theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_on_triton_matches_torch_nn(triton_backend, device, generator):
+    x = torch.randn(2, 5, 37, generator=generator).to(device) * 2 + 1
+    dy = torch.randn(x.shape, generator=generator).to(device)
+    ours, theirs = bt.LayerNorm(37).to(device), torch.nn.LayerNorm(37).to(device)
+    with torch.no_grad():
+        for module in (ours, theirs):
+            module.weight.copy_(torch.linspace(0.5, 1.5, 37))
+            module.bias.copy_(torch.linspace(-1, 1, 37))
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    y_ours.backward(dy)
+    y_theirs.backward(dy)
+    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_available_under_the_interpreter_or_cuda():
+    assert _triton.available() == (torch.cuda.is_available() or _triton._interpreted())
+
+
+def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(_triton, "_interpreted", lambda: False)
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        _triton.bn_forward_train(x, None, None, 1e-5)
+    assert _triton.available() == torch.cuda.is_available()
