@@ -309,7 +309,7 @@ def bn_forward_train(x, weight, bias, eps):
 
 
 def _bn_batch_stats(x: torch.Tensor, layout: _BNLayout, eps: float):
-    """Per-channel float32 ``(C,)`` statistics: split Welford then Chan's merge.
+    """Per-channel float32 ``(C,)`` statistics: split shifted sums then Chan's merge.
 
     Returns a dict of ``mean``, ``var`` (biased), ``invstd``, ``shift`` (a sample of each
     channel) and ``mean_dev = mean - shift``.
