@@ -1,0 +1,194 @@
+"""Fast tests of bnlib.grading's checks, drivers and catalogue, without nbgrader.
+
+The solution notebooks' code runs in this process (test cells excluded); each test cell's
+check(...) calls, seeds included, are read from the notebook so the seeds live only there.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from bnlib.grading import ASSIGNMENTS, CHECKS, check, run_check
+from bnlib.grading.catalogue import MISTAKES, plant_into
+from bnlib.grading.checks import Verdict
+from bnlib.grading.drivers import DRIVERS
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK_CALL = re.compile(r'check\("(\w+)", "(\w+)", globals\(\)(?:, seed=(\d+))?\)')
+
+
+def notebook_parts(assignment: str, mistake=None):
+    """(code of the solution cells, the check calls of the test cells) of a solution notebook."""
+    notebook = nbformat.read(str(REPO / "solutions" / assignment / f"{assignment}.ipynb"), 4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    sources = [c.source for c in code]
+    if mistake is not None:
+        sources = plant_into(sources, mistake)
+    is_test = [c.metadata.get("nbgrader", {}).get("grade", False) for c in code]
+    program = [s for s, test in zip(sources, is_test, strict=True) if not test]
+    calls = [(a, n, None if seed is None or seed == "" else int(seed))
+             for s, test in zip(sources, is_test, strict=True) if test
+             for a, n, seed in CHECK_CALL.findall(s)]
+    return program, calls
+
+
+def namespace_of(program: list[str]) -> dict:
+    namespace: dict = {}
+    for source in program:
+        exec(compile(source, "<solution>", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_passes_every_visible_and_hidden_check(assignment):
+    program, calls = notebook_parts(assignment)
+    namespace = namespace_of(program)
+    assert {seed is None for _, _, seed in calls} == {True, False}
+    for call in calls:
+        verdict = run_check(call[0], call[1], namespace, seed=call[2])
+        assert verdict.passed, (call, verdict.message)
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
+def test_planted_mistake_fails_a_check_that_names_it(mistake):
+    program, calls = notebook_parts(mistake.assignment, mistake)
+    namespace = namespace_of(program)
+    with np.errstate(all="ignore"):
+        verdicts = [run_check(a, n, namespace, seed=seed) for a, n, seed in calls]
+    messages = [v.message for v in verdicts if not v.passed]
+    assert any(mistake.diagnosis in m for m in messages), messages
+
+
+def test_catalogue_covers_every_assignment_with_distinct_mistakes():
+    assert len(MISTAKES) >= 20
+    assert len({m.id for m in MISTAKES}) == len(MISTAKES)
+    for assignment in ASSIGNMENTS:
+        assert sum(m.assignment == assignment for m in MISTAKES) >= 4
+
+
+def test_plant_refuses_a_replacement_that_is_not_unique():
+    mistake = MISTAKES[0]
+    with pytest.raises(ValueError, match="must occur exactly once"):
+        plant_into(["no such code"], mistake)
+
+
+def test_unbiased_variance_message_quotes_the_variance_and_n():
+    def batchnorm_forward(x, gamma, beta, eps=1e-5):
+        xhat = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0, ddof=1) + eps)
+        return gamma * xhat + beta, None
+
+    verdict = run_check("bn_forward", "batchnorm_forward",
+                        {"batchnorm_forward": batchnorm_forward})
+    assert not verdict.passed
+    assert "per-feature variance 0.875 at N = 8" in verdict.message
+    assert "unbiased variance (ddof=1)" in verdict.message
+
+
+def test_check_names_a_missing_function_with_its_signature():
+    with pytest.raises(AssertionError, match=r"define batchnorm_forward\(x, gamma, beta, "
+                                             r"eps=1e-5\) -> \(out, cache\)"):
+        check("bn_forward", "batchnorm_forward", {})
+
+
+def test_check_rejects_an_unknown_check():
+    with pytest.raises(KeyError, match="no check 'nope' in assignment 'bn_forward'"):
+        check("bn_forward", "nope", {})
+
+
+def test_check_prints_one_line_on_success(capsys):
+    program, _ = notebook_parts("bn_inference")
+    check("bn_inference", "fold_batchnorm", namespace_of(program))
+    assert capsys.readouterr().out == (
+        "passed: fold_batchnorm gives the same output as linear + eval-mode BN\n")
+
+
+def wrong_returns():
+    """Student functions returning what fault 9 of the grader faults lists, and more."""
+    good = namespace_of(notebook_parts("bn_forward")[0])["batchnorm_forward"]
+
+    class Weird:
+        def __eq__(self, other):
+            return True
+
+    return {
+        "list": (lambda x, g, b, eps=1e-5: (good(x, g, b, eps)[0].tolist(), None), "got list"),
+        "matrix": (lambda x, g, b, eps=1e-5: (np.asmatrix(good(x, g, b, eps)[0]), None),
+                   "got numpy.matrix"),
+        "object": (lambda x, g, b, eps=1e-5: (Weird(), None), "got Weird"),
+        "no tuple": (lambda x, g, b, eps=1e-5: good(x, g, b, eps)[0],
+                     "must return a tuple (out, cache); it returned numpy.ndarray"),
+        "int dtype": (lambda x, g, b, eps=1e-5: (np.zeros(x.shape, int), None), "got dtype int"),
+        "wrong shape": (lambda x, g, b, eps=1e-5: (good(x, g, b, eps)[0].T, None),
+                        "got shape (4, 8)"),
+        "nan": (lambda x, g, b, eps=1e-5: (good(x, g, b, eps)[0] / 0.0, None),
+                "contains NaN or inf"),
+        "raises": (lambda x, g, b, eps=1e-5: 1 / 0, "raised ZeroDivisionError: division by zero"),
+        "exits": (lambda x, g, b, eps=1e-5: exit(3), "raised SystemExit: 3"),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("kind", list(wrong_returns()))
+def test_malformed_return_fails_with_a_clear_message(kind):
+    function, expected = wrong_returns()[kind]
+    with np.errstate(all="ignore"):
+        verdict = run_check("bn_forward", "batchnorm_forward", {"batchnorm_forward": function})
+    assert not verdict.passed
+    assert expected in verdict.message
+
+
+@pytest.mark.parametrize("key", sorted(CHECKS), ids="/".join)
+def test_judge_never_raises_on_garbage_results(key):
+    spec = CHECKS[key]
+    case = spec.cases(None)[0]
+    garbage = [{}, {"out": np.array("text")}, {"out.type": np.array("numpy.ndarray")},
+               {k: np.array([np.nan]) for k in ("out", "dx", "dgamma", "dbeta", "new_mean",
+                                                "W_folded", "out_train", "state_dict_keys")},
+               "not a dict"]
+    for result in garbage:
+        verdict = spec.judge(case, result)
+        assert isinstance(verdict, Verdict) and not verdict.passed and verdict.message
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_driver_results_are_plain_arrays_that_load_without_pickle(assignment):
+    namespace = namespace_of(notebook_parts(assignment)[0])
+    for (a, _), spec in CHECKS.items():
+        if a != assignment:
+            continue
+        for case in spec.cases(None):
+            result = DRIVERS[spec.driver]({n: namespace[n] for n in spec.functions}, case)
+            assert all(type(v) is np.ndarray and v.dtype.kind in "biufU"
+                       for v in result.values()), result
+            buffer = io.BytesIO()
+            np.savez(buffer, **result)
+            buffer.seek(0)
+            loaded = np.load(buffer, allow_pickle=False)
+            assert sorted(loaded.files) == sorted(result)
+
+
+def test_drivers_accept_cases_read_back_from_npz():
+    spec = CHECKS[("bn_inference", "update_running_stats")]
+    case = spec.cases(None)[0]
+    buffer = io.BytesIO()
+    np.savez(buffer, **case)
+    buffer.seek(0)
+    loaded = dict(np.load(buffer, allow_pickle=False))
+    namespace = namespace_of(notebook_parts("bn_inference")[0])
+    result = DRIVERS[spec.driver]({"update_running_stats": namespace["update_running_stats"]},
+                                  loaded)
+    assert spec.judge(case, result).passed
+
+
+def test_module_that_bypasses_batchnormfunction_is_told_to_use_it():
+    torch = pytest.importorskip("torch")
+    verdict = run_check("bn_torch", "BatchNorm2d", {"BatchNorm2d": torch.nn.BatchNorm2d})
+    assert not verdict.passed
+    assert "must use BatchNormFunction.apply in training mode" in verdict.message
+    assert "NativeBatchNormBackward0" in verdict.message
