@@ -73,46 +73,70 @@ def scratch_for(x3: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.empty((min(n, chunk_length(c * length * x3.itemsize)), c, length), dtype)
 
 
-def channel_sums(x3: np.ndarray, shift: np.ndarray, dtype: np.dtype):
+def channel_sums(x3: np.ndarray, shift, dtype: np.dtype):
     """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``, accumulated in float64.
 
-    Sums within a (sample, channel) row use the compute dtype (short rows); the rows are
-    then added in float64, so long batches do not lose precision.
+    ``shift=None`` sums x itself, reading each chunk in place. Sums within a (sample, channel)
+    row use the compute dtype (short rows); the rows are then added in float64, so long
+    batches do not lose precision.
     """
     n, c, length = x3.shape
     s1 = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
-    scratch = scratch_for(x3, dtype)
+    in_place = shift is None and x3.dtype == dtype
+    scratch = None if in_place else scratch_for(x3, dtype)
     ones = np.ones(length, dtype)
     for rows in batch_chunks(n, c * length * x3.itemsize):
-        d = scratch[: rows.stop - rows.start]
-        np.subtract(x3[rows], shift[:, None], out=d)
+        d = x3[rows] if in_place else scratch[: rows.stop - rows.start]
+        if shift is not None:
+            np.subtract(x3[rows], shift[:, None], out=d)
+        elif not in_place:
+            d[...] = x3[rows]
         s1 += np.matmul(d, ones).sum(axis=0, dtype=np.float64)
         s2 += np.vecdot(d, d).sum(axis=0, dtype=np.float64)
     return s1, s2
 
 
 def centring_needed(center, spread, dtype) -> bool:
-    """Whether ``x * scale + (shift - center * scale)`` would lose visible precision.
+    """Whether working with x itself rather than ``x - center`` would lose visible precision.
 
-    That form rounds values of size |center| * spread (in units of the output's spread), so
-    it costs about that many ulps. Below the threshold the cheaper form is used; above it
-    the input is centred first.
+    Sums of x and the form ``x * scale + (shift - center * scale)`` round values of size
+    |center| * spread (``spread`` = 1 / std) in units of the data's own spread, so they cost
+    about that many ulps. Below the threshold the cheaper uncentred form is used; above it
+    the data are centred first.
     """
-    return bool(np.any(np.abs(center) * spread * np.finfo(dtype).eps > 1e-6))
+    with np.errstate(over="ignore"):  # a constant channel has an infinite spread: centre it
+        return bool(np.any(np.abs(center) * spread * np.finfo(dtype).eps > 1e-6))
+
+
+def first_samples_estimate(x3: np.ndarray):
+    """Rough per-channel mean and 1 / std from the first few samples (about 256 values)."""
+    head = x3[: max(1, 256 // max(1, x3.shape[2]))].astype(np.float64)
+    mean = head.mean(axis=(0, 2))
+    std = head.std(axis=(0, 2))
+    return mean, 1.0 / np.maximum(std, np.finfo(np.float64).tiny)
 
 
 def batch_statistics(x: np.ndarray):
     """Biased per-channel mean and variance of ``x`` in float64, accurate in float32.
 
-    The sums are taken around a shift close to the mean (the first sample's channel means),
-    so a large offset does not cancel catastrophically as in E[x^2] - E[x]^2.
+    When the mean is small against the spread, plain sums of x and x**2 are exact enough and
+    need no temporary. Otherwise the sums are taken around a shift close to the mean (an
+    estimate from the first samples), so a large offset does not cancel catastrophically as
+    in E[x^2] - E[x]^2.
     """
     x3 = as_ncl(x)
     dtype = compute_dtype(x.dtype)
-    shift = x3[0].mean(axis=1, dtype=np.float64).astype(dtype)
-    s1, s2 = channel_sums(x3, shift, dtype)
     count = x3.shape[0] * x3.shape[2]
+    estimate, spread = first_samples_estimate(x3)
+    if not centring_needed(estimate, spread, dtype):
+        s1, s2 = channel_sums(x3, None, dtype)
+        mean = s1 / count
+        var = np.maximum(s2 / count - mean * mean, 0.0)
+        if not centring_needed(mean, 1.0 / np.sqrt(np.maximum(var, 1e-300)), dtype):
+            return mean, var
+    shift = estimate.astype(dtype)
+    s1, s2 = channel_sums(x3, shift, dtype)
     offset = s1 / count
     mean = shift.astype(np.float64) + offset
     var = np.maximum(s2 / count - offset * offset, 0.0)
@@ -208,7 +232,7 @@ def batchnorm_backward(dout, cache):
     if x.size == 0:
         zeros = np.zeros(x.shape[1], dtype)
         return np.zeros_like(x), zeros, zeros.copy()
-    dbeta, sum_dy_xmu = gradient_sums(dout, x, cache.mean, dtype)
+    dbeta, sum_dy_xmu = gradient_sums(dout, x, cache.mean, cache.invstd, dtype)
     dgamma = sum_dy_xmu * cache.invstd
     count = x.size // x.shape[1]
     scale = cache.gamma * cache.invstd
@@ -219,23 +243,29 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma.astype(dtype), dbeta.astype(dtype)
 
 
-def gradient_sums(dout, x, mean, dtype):
-    """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` in float64."""
+def gradient_sums(dout, x, mean, invstd, dtype):
+    """Per-channel ``sum(dout)`` and ``sum(dout * (x - mean))`` in float64.
+
+    As in :func:`batch_statistics`, x is centred first only when its mean is large against
+    its spread; otherwise ``sum(dout * x) - mean * sum(dout)`` is exact enough.
+    """
     d3, x3 = as_ncl(dout), as_ncl(x)
     n, c, length = x3.shape
     sum_dy = np.zeros(c, np.float64)
     sum_dy_xmu = np.zeros(c, np.float64)
-    rounded = mean.astype(dtype)
-    center = rounded[:, None]
-    scratch = scratch_for(x3, dtype)
+    centre_first = centring_needed(mean, invstd, dtype)
+    rounded = mean.astype(dtype) if centre_first else np.zeros_like(mean)
+    in_place = not centre_first and x.dtype == dtype
+    scratch = None if in_place else scratch_for(x3, dtype)
     ones = np.ones(length, dtype)
     for rows in batch_chunks(n, c * length * x3.itemsize):
         dy = d3[rows].astype(dtype, copy=False)
-        xmu = scratch[: rows.stop - rows.start]
-        np.subtract(x3[rows], center, out=xmu)
+        xmu = x3[rows] if in_place else scratch[: rows.stop - rows.start]
+        if not in_place:
+            np.subtract(x3[rows], rounded[:, None], out=xmu)
         sum_dy += np.matmul(dy, ones).sum(axis=0, dtype=np.float64)
         sum_dy_xmu += np.vecdot(dy, xmu).sum(axis=0, dtype=np.float64)
-    # Undo the rounding of the centre: sum(dy * (x - mean)) = sum(dy * (x - rounded)) - ...
+    # sum(dy * (x - mean)) = sum(dy * (x - rounded)) - sum(dy) * (mean - rounded)
     return sum_dy, sum_dy_xmu - sum_dy * (mean - rounded)
 
 

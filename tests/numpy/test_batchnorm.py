@@ -191,3 +191,22 @@ def test_empty_batch_gives_empty_output():
     assert out.shape == (0, 3)
     dx, dgamma, dbeta = bn.batchnorm_backward(np.zeros((0, 3)), cache)
     assert dx.shape == (0, 3) and not dgamma.any() and not dbeta.any()
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 8.0, 20.0, 1e2, 1e4])
+@pytest.mark.parametrize("shape", [(512, 6), (32, 6, 5, 5)])
+def test_float32_accuracy_on_both_sides_of_the_centring_threshold(offset, shape, rng):
+    """Small offsets use plain sums of x, large ones centre first: both stay accurate."""
+    std = 0.5
+    x = (offset * std + std * rng.standard_normal(shape)).astype(np.float32)
+    gamma, beta = np.full(6, 1.5, np.float32), np.full(6, 0.25, np.float32)
+    out, cache = bn.batchnorm_forward(x, gamma, beta)
+    reference = reference_batchnorm(x.astype(np.float64), gamma.astype(np.float64),
+                                    beta.astype(np.float64))
+    assert np.abs(out - reference).max() < 2e-5
+    dout = rng.standard_normal(shape).astype(np.float32)
+    dx = bn.batchnorm_backward(dout, cache)[0]
+    _, cache64 = bn.batchnorm_forward(x.astype(np.float64), gamma.astype(np.float64),
+                                      beta.astype(np.float64))
+    dx64 = bn.batchnorm_backward(dout.astype(np.float64), cache64)[0]
+    assert np.abs(dx - dx64).max() < 1e-4 * np.abs(dx64).max()
