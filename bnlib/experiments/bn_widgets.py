@@ -11,7 +11,9 @@ same picture appears as a static small-multiples figure on pages read without a 
   ``eps`` chosen with sliders.
 
 The widgets are built with ``ipywidgets.interactive_output``, which reruns the drawing function
-inside an ``Output`` widget whenever a slider moves.
+inside an ``Output`` widget whenever a slider moves. That needs a live Python kernel (Binder,
+Live Code, a local Jupyter): on a static page the saved widget shows the output drawn for its
+initial values, and its sliders change nothing.
 """
 
 from __future__ import annotations
