@@ -12,8 +12,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-book: $(STAMP)
+book: book-assets
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+
+# The site's own copies of MathJax, RequireJS and the ipywidgets manager (npm, pinned, cached).
+.PHONY: book-assets
+book-assets: $(STAMP)
+	$(PY) book/fetch_assets.py
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -21,6 +26,18 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+
+# Regenerate the student notebooks in exercises/ from solutions/ (byte-identical if unchanged).
+ASSIGNMENTS := bn_forward bn_backward bn_inference layer_norm bn_torch
+exercises: $(STAMP)
+	for a in $(ASSIGNMENTS); do \
+		PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/nbgrader generate_assignment $$a \
+			--force --log-level=ERROR || exit 1; \
+	done
+
+# Grade every submission in grading/submitted (ASSIGNMENT=bn_forward to grade one).
+grade: $(STAMP)
+	$(PY) -m bnlib.grading.cli grade $(if $(ASSIGNMENT),--assignment $(ASSIGNMENT))
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py

@@ -99,7 +99,7 @@ class RegularizationResult:
 
     @property
     def gap(self) -> float:
-        """Train accuracy minus test accuracy: the generalisation gap."""
+        """Train accuracy minus test accuracy (the generalisation gap)."""
         return self.train_accuracy - self.test_accuracy
 
 
@@ -219,10 +219,11 @@ def bn_cost_model(batch: int, d_in: int, d_out: int, itemsize: int = 4) -> dict[
     """FLOPs and bytes of ``Linear(d_in, d_out)`` and of ``BatchNorm1d(d_out)`` on a batch.
 
     Counts, per element of the (batch, d_out) activation:
-      linear: 2 * d_in FLOPs (one multiply-add per input);
-      BN training forward: about 7 FLOPs (mean, subtract, square, variance, scale by 1/std,
-        gamma, beta) and at least 3 passes over memory (read for stats, read, write);
-      BN inference: 2 FLOPs (one fused multiply-add after folding the constants), 2 passes.
+
+    - linear: 2 * d_in FLOPs (one multiply-add per input);
+    - BN training forward: about 7 FLOPs (mean, subtract, square, variance, scale by 1/std,
+      gamma, beta) and at least 3 passes over memory (read for stats, read, write);
+    - BN inference: 2 FLOPs (one fused multiply-add after folding the constants), 2 passes.
     """
     elems = batch * d_out
     return {

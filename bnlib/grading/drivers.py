@@ -10,7 +10,7 @@ where bnlib is not importable.
 ``case`` maps str to np.ndarray | int | float | str (0-d arrays are accepted for scalars, as a
 case read back from an .npz file holds them). The result maps str to np.ndarray only: numbers,
 or fixed-width unicode strings for descriptions, so it can be saved with ``np.savez`` and loaded
-with ``allow_pickle=False``. Keys:
+with ``allow_pickle=False``. Keys::
 
     <name>            an output, converted with np.array(..., copy=True)
     <name>.type       what the student returned, e.g. "numpy.ndarray", "list", "torch.Tensor"

@@ -183,9 +183,9 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
         eps: positive constant added to the variance inside the square root.
 
     Returns:
-        out: same shape and dtype as x, ``gamma * (x - mean) / sqrt(var + eps) + beta`` with
-            the biased batch variance.
-        cache: a :class:`BatchNormCache` for :func:`batchnorm_backward`.
+        A tuple ``(out, cache)``: ``out`` has the shape and dtype of x and equals
+        ``gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch variance;
+        ``cache`` is a :class:`BatchNormCache` for :func:`batchnorm_backward`.
     """
     where = "batchnorm_forward"
     require_input(x, where)
@@ -217,7 +217,8 @@ def batchnorm_backward(dout, cache):
         cache: the cache returned by :func:`batchnorm_forward`.
 
     Returns:
-        (dx, dgamma, dbeta): dx like x (x's dtype); dgamma, dbeta (C,) in the compute dtype.
+        A tuple ``(dx, dgamma, dbeta)``: dx like x (x's dtype); dgamma and dbeta of shape
+        (C,) in the compute dtype.
     """
     where = "batchnorm_backward"
     if not isinstance(cache, BatchNormCache):

@@ -37,6 +37,6 @@ def numerical_gradient(f, x, dout, h=1e-5):
 
 
 def relative_error(a, b) -> float:
-    """max |a - b| / max(|a| + |b|, tiny): the figure gradient checks report."""
+    """The figure gradient checks report: ``max(|a - b| / max(|a| + |b|, 1e-12))``."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12)))

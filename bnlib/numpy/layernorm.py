@@ -84,7 +84,7 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
         eps: positive constant inside the square root.
 
     Returns:
-        (out, cache): out like x; cache for :func:`layernorm_backward`.
+        A tuple ``(out, cache)``: out like x, cache for :func:`layernorm_backward`.
     """
     where = "layernorm_forward"
     require_input(x, where, min_ndim=1)

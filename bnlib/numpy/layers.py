@@ -46,10 +46,13 @@ class BatchNorm:
     """Batch normalization layer for (N, C) or (N, C, *spatial) inputs.
 
     Attributes:
-        weight, bias: (C,) float64 gamma and beta (None when ``affine=False``).
-        running_mean, running_var: (C,) float64 (None when ``track_running_stats=False``).
+        weight: (C,) float64 gamma (None when ``affine=False``).
+        bias: (C,) float64 beta (None when ``affine=False``).
+        running_mean: (C,) float64 (None when ``track_running_stats=False``).
+        running_var: (C,) float64 (None when ``track_running_stats=False``).
         num_batches_tracked: number of training batches seen (int).
-        weight_grad, bias_grad: gradients set by :meth:`backward`.
+        weight_grad: gradient of gamma set by :meth:`backward`.
+        bias_grad: gradient of beta set by :meth:`backward`.
         training: True after :meth:`train`, False after :meth:`eval`.
     """
 

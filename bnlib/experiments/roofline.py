@@ -1,0 +1,524 @@
+"""Byte models, roofline plots and measurements behind the chapter on BN on the GPU.
+
+Batch normalization does a handful of additions and multiplications per element, so its time
+is set by how many bytes it moves, not by how many flops it does. This module holds:
+
+- the byte model per operation (:data:`BYTE_MODEL`) and the roofline of a device
+  (:func:`attainable_flops`, :func:`plot_roofline`);
+- :func:`tensor_traffic`, which runs a PyTorch function under a dispatch mode and adds up the
+  bytes each operator reads and writes, to count the passes of a composite implementation;
+- :func:`predicted_time_us` and :func:`predicted_time_widget` for "how long should this take";
+- small numerical demonstrations: float32 vs bfloat16 accumulation
+  (:func:`running_sum_in`), and Welford's per-block statistics merged with Chan's formula
+  (:func:`welford_block_stats`, :func:`chan_combine`);
+- :func:`time_cpu_batchnorm`, a small build-time CPU timing of BN2d forward + backward;
+- :func:`load_benchmark_results`, :func:`benchmark_metadata`, :func:`benchmark_table` and
+  :func:`plot_benchmark_bandwidth` for the committed GPU benchmark files in
+  ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BYTE_MODEL",
+    "DEVICES",
+    "Device",
+    "OperatorTraffic",
+    "arithmetic_intensity",
+    "attainable_flops",
+    "benchmark_metadata",
+    "benchmark_rows",
+    "benchmark_table",
+    "chan_combine",
+    "load_benchmark_results",
+    "numpy_copy_bandwidth",
+    "plot_benchmark_bandwidth",
+    "plot_roofline",
+    "predicted_time_us",
+    "predicted_time_widget",
+    "repository_results_folder",
+    "running_sum_in",
+    "tensor_traffic",
+    "time_cpu_batchnorm",
+    "welford_block_stats",
+]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class Device:
+    """Peak figures of one processor, from its data sheet.
+
+    ``bandwidth`` is in bytes per second; ``peak_flops`` maps a precision label
+    (for example ``"fp32"``) to floating-point operations per second.
+    """
+
+    name: str
+    bandwidth: float
+    peak_flops: dict[str, float] = field(default_factory=dict)
+
+    def ridge_point(self, precision: str) -> float:
+        """Arithmetic intensity (flop/byte) where the roofline turns: peak / bandwidth."""
+        return self.peak_flops[precision] / self.bandwidth
+
+
+#: Data-sheet figures (dense, no sparsity). fp32 is the CUDA-core rate; bf16 uses tensor cores,
+#: which normalization layers cannot use.
+DEVICES = {
+    "H100 SXM": Device("H100 SXM", 3.35e12, {"fp32": 67e12, "bf16 tensor": 989e12}),
+    "H100 PCIe": Device("H100 PCIe", 2.0e12, {"fp32": 51e12, "bf16 tensor": 756e12}),
+    "H200": Device("H200", 4.8e12, {"fp32": 67e12, "bf16 tensor": 989e12}),
+}
+
+
+# --------------------------------------------------------------------------- byte model
+
+#: Bytes per element moved by each operation in float32 (4 bytes per value), from
+#: ``least``: the traffic no implementation can avoid; ``usual``: a design with one statistics
+#: kernel and one elementwise kernel. ``flops``: arithmetic per element (adds and multiplies of
+#: the reductions and of ``y = a * x + b`` or ``dx = A * dy + B * x + C``).
+BYTE_MODEL = (
+    {"op": "BN training forward", "traffic": "read x (stats), read x, write y",
+     "least": 8, "usual": 12, "flops": 6},
+    {"op": "BN training backward", "traffic": "read x, dy; write dx (+ reductions)",
+     "least": 12, "usual": 20, "flops": 8},
+    {"op": "BN inference", "traffic": "read x, write y", "least": 8, "usual": 8, "flops": 2},
+    {"op": "LN forward", "traffic": "read x, write y", "least": 8, "usual": 8, "flops": 6},
+    {"op": "LN backward", "traffic": "read x, dy; write dx", "least": 12, "usual": 20,
+     "flops": 8},
+)
+
+
+def arithmetic_intensity(flops_per_element: float, bytes_per_element: float) -> float:
+    """Flops per byte moved: ``flops_per_element / bytes_per_element``."""
+    if bytes_per_element <= 0:
+        raise ValueError(f"bytes_per_element must be positive, got {bytes_per_element}")
+    return flops_per_element / bytes_per_element
+
+
+def attainable_flops(intensity: float | np.ndarray, device: Device, precision: str = "fp32"):
+    """Roofline: ``min(peak_flops, intensity * bandwidth)`` in flop/s."""
+    return np.minimum(device.peak_flops[precision], np.asarray(intensity) * device.bandwidth)
+
+
+def predicted_time_us(
+    num_elements: int, bytes_per_element: float, bandwidth: float, efficiency: float = 0.9
+) -> float:
+    """Time in microseconds of a memory-bound operation.
+
+    ``time = num_elements * bytes_per_element / (efficiency * bandwidth)``; ``bandwidth`` in
+    bytes per second, ``efficiency`` the fraction of it a good kernel reaches (0.9 on H100).
+    """
+    if not 0 < efficiency <= 1:
+        raise ValueError(f"efficiency must be in (0, 1], got {efficiency}")
+    return num_elements * bytes_per_element / (efficiency * bandwidth) * 1e6
+
+
+def plot_roofline(ax, device: Device, points: dict[str, float], precisions=("fp32",)):
+    """Draw ``device``'s roofline on log-log axes and mark ``points`` (label -> flop/byte)."""
+    intensity = np.logspace(-2, 3, 200)
+    for precision in precisions:
+        ax.loglog(intensity, attainable_flops(intensity, device, precision) / 1e12,
+                  label=f"{device.name} roof, {precision}")
+        ridge = device.ridge_point(precision)
+        ax.axvline(ridge, color="0.6", linestyle=":", linewidth=1)
+        ax.annotate(f"ridge {ridge:.0f} flop/B", (ridge, device.peak_flops[precision] / 1e12),
+                    textcoords="offset points", xytext=(4, -14), fontsize=8)
+    markers = "osD^v<>"
+    for index, (label, point) in enumerate(points.items()):
+        attained = attainable_flops(point, device, precisions[0]) / 1e12
+        # Points crowd together below 1 flop/byte, so they are named in the legend.
+        ax.plot([point], [attained], markers[index % len(markers)], linestyle="none",
+                label=f"{label}: {point:.2g} flop/B")
+    ax.set_xlabel("arithmetic intensity (flop / byte)")
+    ax.set_ylabel("attainable TFLOP/s")
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+# Operators that allocate or alias memory without reading or writing tensor data.
+_NO_TRAFFIC_PREFIXES = ("empty", "new_empty", "detach", "alias", "_unsafe_view", "lift_fresh")
+
+
+@dataclass(frozen=True)
+class OperatorTraffic:
+    """Full-size tensor bytes one operator read and wrote."""
+
+    name: str
+    bytes_read: int
+    bytes_written: int
+
+
+def tensor_traffic(fn: Callable[[], Any], num_elements: int) -> list[OperatorTraffic]:
+    """Run ``fn()`` and record every PyTorch operator that reads or writes full-size tensors.
+
+    A tensor counts when it has ``num_elements`` elements (the activation being normalized);
+    per-channel vectors are ignored, as are views and allocations, which move no data. Each
+    operator is assumed to read its inputs once and write its outputs once, which is what a
+    separate kernel per operator does.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def full_size_bytes(values) -> int:
+        leaves = torch.utils._pytree.tree_leaves(values)
+        return sum(
+            t.numel() * t.element_size()
+            for t in leaves
+            if isinstance(t, torch.Tensor) and t.numel() == num_elements
+        )
+
+    records: list[OperatorTraffic] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            # _unsafe_view is a view that autograd does not track as one: it moves no data.
+            if func.is_view or name.startswith(_NO_TRAFFIC_PREFIXES):
+                return out
+            read, written = full_size_bytes((args, kwargs)), full_size_bytes(out)
+            if read or written:
+                records.append(OperatorTraffic(name, read, written))
+            return out
+
+    with Recorder():
+        fn()
+    return records
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def running_sum_in(values: np.ndarray, dtype) -> np.ndarray:
+    """Running (left-to-right) sums of ``values`` accumulated in ``dtype``, shape ``(n,)``.
+
+    ``dtype`` may be ``ml_dtypes.bfloat16`` to see what a bfloat16 accumulator does.
+    """
+    return np.cumsum(np.asarray(values).astype(dtype), dtype=dtype)
+
+
+def welford_block_stats(x: np.ndarray, num_blocks: int) -> list[tuple[int, float, float]]:
+    """Split 1-D ``x`` into ``num_blocks`` blocks; return ``(count, mean, M2)`` per block.
+
+    Within a block the summary is built one value at a time with Welford's update
+    ``mean += (v - mean) / n;  M2 += (v - mean_old) * (v - mean_new)``, in float32, as one GPU
+    program would do it. ``M2`` is the sum of squared deviations from the block mean.
+    """
+    summaries = []
+    for block in np.array_split(np.asarray(x, dtype=np.float32), num_blocks):
+        count, mean, m2 = 0, np.float32(0), np.float32(0)
+        for value in block:
+            count += 1
+            delta = value - mean
+            mean = mean + delta / np.float32(count)
+            m2 = m2 + delta * (value - mean)
+        summaries.append((count, float(mean), float(m2)))
+    return summaries
+
+
+def chan_combine(a: tuple[int, float, float], b: tuple[int, float, float]):
+    """Merge two ``(count, mean, M2)`` summaries with Chan et al.'s formula.
+
+    ``delta = mean_b - mean_a``; ``mean = mean_a + delta * n_b / n``;
+    ``M2 = M2_a + M2_b + delta**2 * n_a * n_b / n``.
+    """
+    count_a, mean_a, m2_a = a
+    count_b, mean_b, m2_b = b
+    count = count_a + count_b
+    if count == 0:
+        return 0, 0.0, 0.0
+    delta = mean_b - mean_a
+    mean = mean_a + delta * count_b / count
+    m2 = m2_a + m2_b + delta * delta * count_a * count_b / count
+    return count, mean, m2
+
+
+# --------------------------------------------------------------------------- CPU timing
+
+
+def _median_ms(fn: Callable[[], Any], reps: int) -> float:
+    fn()  # warm up: first-touch page faults and lazy initialisation are not the operation
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def numpy_copy_bandwidth(num_elements: int = 1 << 22, reps: int = 5) -> float:
+    """Bytes per second of ``np.copyto`` on float32 (read + write), the CPU's practical ceiling."""
+    src = np.ones(num_elements, dtype=np.float32)
+    dst = np.empty_like(src)
+    ms = _median_ms(lambda: np.copyto(dst, src), reps)
+    return 2 * src.nbytes / (ms * 1e-3)
+
+
+def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> list[dict]:
+    """Median CPU time of BN2d training forward and backward for three implementations.
+
+    Implementations: the textbook NumPy baseline (``bnlib.numpy.batchnorm_forward_textbook``
+    and ``batchnorm_backward_staged``: one NumPy call per node of the computation graph),
+    ``bnlib.numpy.batchnorm_forward/backward``, and PyTorch CPU eager
+    (``torch.nn.functional.batch_norm`` with autograd). ``x``: float32 ``shape``. Returns one
+    dict per implementation with ``forward_ms``, ``backward_ms``, ``total_ms`` and ``gb_per_s``
+    under the least-traffic byte model (8 + 12 bytes per element). PyTorch runs on one thread
+    for the duration, like NumPy: on a shared machine extra threads mostly wait for each other.
+    """
+    import torch
+
+    import bnlib.numpy as bnp
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    channels = shape[1]
+    gamma = rng.standard_normal(channels, dtype=np.float32)
+    beta = rng.standard_normal(channels, dtype=np.float32)
+
+    def numpy_pair(forward, backward):
+        cache = forward(x, gamma, beta)[1]
+        return (lambda: forward(x, gamma, beta)), (lambda: backward(dy, cache))
+
+    xt = torch.from_numpy(x).requires_grad_()
+    dyt, gt, bt = torch.from_numpy(dy), torch.from_numpy(gamma), torch.from_numpy(beta)
+
+    def torch_forward():
+        return torch.nn.functional.batch_norm(xt, None, None, gt, bt, training=True)
+
+    yt = torch_forward()
+
+    def torch_backward():
+        return torch.autograd.grad(yt, xt, dyt, retain_graph=True)
+
+    implementations = {
+        "textbook NumPy": numpy_pair(bnp.batchnorm_forward_textbook, bnp.batchnorm_backward_staged),
+        "bnlib.numpy": numpy_pair(bnp.batchnorm_forward, bnp.batchnorm_backward),
+        f"torch {torch.__version__.split('+')[0]} CPU eager": (torch_forward, torch_backward),
+    }
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timings = {name: (_median_ms(forward, reps), _median_ms(backward, reps))
+                   for name, (forward, backward) in implementations.items()}
+    finally:
+        torch.set_num_threads(threads)
+    for name, (forward_ms, backward_ms) in timings.items():
+        total_ms = forward_ms + backward_ms
+        rows.append({
+            "implementation": name,
+            "forward_ms": forward_ms,
+            "backward_ms": backward_ms,
+            "total_ms": total_ms,
+            "gb_per_s": x.size * (8 + 12) / (total_ms * 1e-3) / 1e9,
+        })
+    return rows
+
+
+# --------------------------------------------------------------------------- GPU results
+
+_ROW_KEYS = ("rows", "results", "cases")
+_GBPS_KEYS = ("bnlib_gbps", "gb_per_s", "gbps", "GB/s")
+_LABEL_KEYS = ("op", "direction", "impl", "shape", "layout", "dtype")
+_VERSION_KEYS = ("torch", "triton", "cuda", "cudnn", "python", "numpy")
+_BASELINE_NAMES = {"eager": "torch eager (cuDNN on)", "eager_no_cudnn": "torch eager (cuDNN off)",
+                   "compile": "torch.compile"}
+
+
+def repository_results_folder() -> Path:
+    """``benchmarks/results`` of the repository bnlib is imported from (may not exist)."""
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def load_benchmark_results(folder: str | Path, include_sweeps: bool = False) -> list[dict]:
+    """Read the benchmark runs (``*.json``) in ``folder``, sorted by name; ``[]`` when none.
+
+    Each file holds one run: a dict with its cases under ``rows`` (or ``results``/``cases``),
+    a list of per-case dicts, and the environment under ``meta`` (or at the top level):
+    ``device``, ``date``, library versions. Files named ``*-sweep.json`` (block-size sweeps)
+    are skipped unless ``include_sweeps``. The file name is added under ``"file"``. Raises
+    ValueError naming the file when one has no list of cases.
+    """
+    runs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.stem.endswith("-sweep") and not include_sweeps:
+            continue
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or not any(isinstance(run.get(k), list) for k in _ROW_KEYS):
+            raise ValueError(f"{path}: expected a JSON object with a list under 'rows'")
+        run["file"] = path.name
+        runs.append(run)
+    return runs
+
+
+def benchmark_rows(run: dict) -> list[dict]:
+    """The list of per-case dicts of a run."""
+    return next(run[k] for k in _ROW_KEYS if isinstance(run.get(k), list))
+
+
+def benchmark_metadata(run: dict) -> dict:
+    """``device``, ``date``, ``versions`` (one string) and ``copy_gbps`` (or None) of a run."""
+    meta = run.get("meta", run)
+    versions = meta.get("versions")
+    if isinstance(versions, dict):
+        versions = ", ".join(f"{k} {v}" for k, v in versions.items())
+    elif versions is None:
+        versions = ", ".join(f"{k} {meta[k]}" for k in _VERSION_KEYS if k in meta)
+    copy = meta.get("copy")
+    return {
+        "device": meta.get("device", "not recorded"),
+        "date": meta.get("date", "not recorded"),
+        "versions": versions or "not recorded",
+        "copy_gbps": copy.get("gbps") if isinstance(copy, dict) else None,
+    }
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list | tuple):
+            flat[prefix + key] = "x".join(str(v) for v in value)
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def benchmark_table(rows: list[dict], columns: Iterable[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of benchmark ``rows``.
+
+    Nested dicts become ``a.b`` columns and lists ``AxB``. ``columns`` picks and orders them
+    (those absent from every row are dropped); by default every column, in first-seen order.
+    """
+    flat_rows = [_flatten(row) for row in rows]
+    seen = list(dict.fromkeys(key for row in flat_rows for key in row))
+    columns = seen if columns is None else [c for c in columns if c in seen]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in flat_rows:
+        lines.append("| " + " | ".join(_format(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _case_label(row: dict) -> str:
+    parts = [row.get(k) for k in _LABEL_KEYS]
+    return " ".join("x".join(map(str, p)) if isinstance(p, list | tuple) else str(p)
+                    for p in parts if p not in (None, ""))
+
+
+def _gbps(row: dict) -> float | None:
+    key = next((k for k in _GBPS_KEYS if isinstance(row.get(k), int | float)), None)
+    return None if key is None else float(row[key])
+
+
+def plot_benchmark_bandwidth(ax, rows: list[dict], baselines: Iterable[str] = (),
+                             reference_lines: dict[str, float] | None = None):
+    """Horizontal bars of effective GB/s per case, with optional baselines beside bnlib's.
+
+    ``rows``: benchmark cases with a GB/s value (``bnlib_gbps`` or ``gb_per_s``). Each name in
+    ``baselines`` is a key of the row's ``times_us`` dict; its GB/s is ``bytes_moved / time``.
+    ``reference_lines`` maps a label to a bandwidth in GB/s drawn as a vertical line.
+    """
+    cases = [row for row in rows if _gbps(row) is not None]
+    if not cases:
+        raise ValueError("no row has a GB/s value to plot")
+    baselines = list(baselines)
+    series = {"bnlib": [_gbps(row) for row in cases]}
+    for name in baselines:
+        series[name] = [row["bytes_moved"] / row["times_us"][name] / 1e3
+                        if row.get("times_us", {}).get(name) else 0.0 for row in cases]
+    height = 0.8 / len(series)
+    positions = np.arange(len(cases))
+    for index, (name, values) in enumerate(series.items()):
+        ax.barh(positions + (index - (len(series) - 1) / 2) * height, values, height,
+                label=_BASELINE_NAMES.get(name, name))
+    for (label, gbps), style in zip((reference_lines or {}).items(), ("--", ":", "-."),
+                                    strict=False):
+        ax.axvline(gbps, color="k", linestyle=style, linewidth=1, label=label)
+    ax.set_yticks(positions, [_case_label(row) for row in cases], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("effective bandwidth under the byte model (GB/s)")
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+# --------------------------------------------------------------------------- widget
+
+_DESIGNS = {
+    "least traffic": {"forward": 8, "backward": 12},
+    "2-kernel design": {"forward": 12, "backward": 20},
+}
+
+
+def _predicted_times(num_elements: int, value_bytes: int, bandwidth: float, composite: dict):
+    """Forward and backward predicted microseconds per design (bytes scale with dtype size)."""
+    designs = dict(_DESIGNS, **{"separate ops": composite})
+    scale = value_bytes / 4  # byte model is for 4-byte float32 values
+    return {
+        name: {phase: predicted_time_us(num_elements, b * scale, bandwidth)
+               for phase, b in phases.items()}
+        for name, phases in designs.items()
+    }
+
+
+def predicted_time_widget(composite_bytes: dict[str, float]):
+    """Sliders for the BN2d shape, dtype and device; bars of predicted forward/backward time.
+
+    ``composite_bytes``: float32 bytes per element of a separate-op implementation, keys
+    ``"forward"`` and ``"backward"`` (as measured by :func:`tensor_traffic`).
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    batch = widgets.IntSlider(value=256, min=8, max=512, step=8, description="N")
+    channels = widgets.IntSlider(value=256, min=16, max=1024, step=16, description="C")
+    side = widgets.IntSlider(value=14, min=7, max=112, step=7, description="H = W")
+    dtype = widgets.Dropdown(options=[("float32", 4), ("bfloat16", 2)], description="dtype")
+    device = widgets.Dropdown(options=list(DEVICES), value="H100 SXM", description="device")
+
+    def show(n, c, s, value_bytes, device_name):
+        times = _predicted_times(n * c * s * s, value_bytes, DEVICES[device_name].bandwidth,
+                                 composite_bytes)
+        fig, ax = plt.subplots(figsize=(6, 2.4))
+        names = list(times)
+        positions = np.arange(len(names))
+        ax.barh(positions - 0.2, [times[k]["forward"] for k in names], 0.4, label="forward")
+        ax.barh(positions + 0.2, [times[k]["backward"] for k in names], 0.4, label="backward")
+        ax.set_yticks(positions, names)
+        ax.invert_yaxis()
+        ax.set_xlabel("predicted time at 90% of peak bandwidth (µs)")
+        ax.set_title(f"BN2d ({n}, {c}, {s}, {s}) on {device_name}", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    output = widgets.interactive_output(
+        show, {"n": batch, "c": channels, "s": side, "value_bytes": dtype, "device_name": device}
+    )
+    controls = widgets.VBox([batch, channels, side, dtype, device])
+    return widgets.HBox([controls, output])
+

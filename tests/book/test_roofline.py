@@ -1,0 +1,170 @@
+"""bnlib.experiments.roofline: the byte model, roofline, traffic counter and result readers."""
+
+import json
+
+import matplotlib
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from bnlib.experiments import roofline
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402 - after choosing the backend
+
+H100 = roofline.DEVICES["H100 SXM"]
+RESNET_BN = 256 * 256 * 14 * 14
+
+
+@pytest.mark.parametrize(("bytes_per_element", "expected_us"), [(8, 34), (12, 51), (20, 85)])
+def test_predicted_time_matches_the_byte_model(bytes_per_element, expected_us):
+    # (256, 256, 14, 14) fp32 at 90% of 3.35 TB/s: 34 / 51 / 85 us (reference figures).
+    t = roofline.predicted_time_us(RESNET_BN, bytes_per_element, H100.bandwidth)
+    assert t == pytest.approx(RESNET_BN * bytes_per_element / (0.9 * 3.35e12) * 1e6)
+    assert round(t) == expected_us
+
+
+def test_predicted_time_rejects_bad_efficiency():
+    with pytest.raises(ValueError, match=r"efficiency must be in \(0, 1\]"):
+        roofline.predicted_time_us(10, 8, 1e12, efficiency=1.5)
+
+
+def test_roofline_is_bandwidth_then_peak():
+    ridge = H100.ridge_point("fp32")
+    assert ridge == pytest.approx(67e12 / 3.35e12)
+    assert roofline.attainable_flops(0.5, H100) == pytest.approx(0.5 * 3.35e12)
+    assert roofline.attainable_flops(10 * ridge, H100) == pytest.approx(67e12)
+
+
+def test_arithmetic_intensity_of_bn_is_below_one_flop_per_byte():
+    for row in roofline.BYTE_MODEL:
+        assert roofline.arithmetic_intensity(row["flops"], row["least"]) < 1
+    with pytest.raises(ValueError, match="bytes_per_element must be positive"):
+        roofline.arithmetic_intensity(6, 0)
+
+
+def test_welford_blocks_merged_with_chan_match_float64_variance():
+    rng = np.random.default_rng(1)
+    x = (1000.0 + rng.standard_normal(3000)).astype(np.float32)
+    blocks = roofline.welford_block_stats(x, num_blocks=7)
+    assert sum(count for count, _, _ in blocks) == x.size
+    summary = (0, 0.0, 0.0)
+    for block in blocks:
+        summary = roofline.chan_combine(summary, block)
+    exact = x.astype(np.float64)
+    assert summary[1] == pytest.approx(exact.mean(), rel=1e-6)
+    assert summary[2] / summary[0] == pytest.approx(exact.var(), rel=1e-4)
+
+
+def test_chan_combine_of_two_empty_summaries_is_empty():
+    assert roofline.chan_combine((0, 0.0, 0.0), (0, 0.0, 0.0)) == (0, 0.0, 0.0)
+
+
+def test_bfloat16_running_sum_stalls_at_256():
+    sums = roofline.running_sum_in(np.ones(1000), ml_dtypes.bfloat16)
+    assert float(sums[-1]) == 256.0
+    assert float(roofline.running_sum_in(np.ones(1000), np.float32)[-1]) == 1000.0
+
+
+def test_tensor_traffic_counts_each_textbook_pass():
+    x = torch.randn(4, 3, 5, 5)
+
+    def textbook(x):
+        mean = x.mean((0, 2, 3), keepdim=True)
+        centred = x - mean
+        var = (centred**2).mean((0, 2, 3), keepdim=True)
+        return centred / torch.sqrt(var + 1e-5)
+
+    records = roofline.tensor_traffic(lambda: textbook(x), x.numel())
+    assert [r.name for r in records] == ["mean", "sub", "pow", "mean", "div"]
+    total = sum(r.bytes_read + r.bytes_written for r in records)
+    assert total / x.numel() == 4 * (1 + 2 + 2 + 1 + 2)
+
+
+def test_tensor_traffic_ignores_views_but_counts_copies():
+    x = torch.randn(4, 6)
+    assert roofline.tensor_traffic(lambda: x.view(6, 4).t().unsqueeze(0), x.numel()) == []
+    # Flattening a transposed tensor has to copy it: one read and one write.
+    records = roofline.tensor_traffic(lambda: x.t().reshape(24), x.numel())
+    assert sum(r.bytes_read + r.bytes_written for r in records) == 2 * x.numel() * 4
+
+
+def test_benchmark_results_folder_may_be_empty(tmp_path):
+    assert roofline.load_benchmark_results(tmp_path) == []
+
+
+RUN = {
+    "meta": {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-20", "torch": "2.13",
+             "copy": {"gbps": 2990.0}},
+    "rows": [{"op": "bn", "direction": "forward", "shape": [256, 256, 14, 14],
+              "dtype": "float32", "bytes_moved": 154_140_672,
+              "times_us": {"bnlib": 60.0, "eager": 120.0}, "bnlib_gbps": 2569.0,
+              "speedup": {"eager": 2.0}}],
+}
+
+
+def test_benchmark_files_load_with_metadata_and_skip_sweeps(tmp_path):
+    (tmp_path / "h100.json").write_text(json.dumps(RUN))
+    (tmp_path / "h100-sweep.json").write_text(json.dumps({"results": []}))
+    [run] = roofline.load_benchmark_results(tmp_path)
+    assert run["file"] == "h100.json"
+    assert roofline.benchmark_metadata(run) == {
+        "device": "NVIDIA H100 80GB HBM3", "date": "2026-11-20", "versions": "torch 2.13",
+        "copy_gbps": 2990.0}
+    assert len(roofline.load_benchmark_results(tmp_path, include_sweeps=True)) == 2
+
+
+def test_benchmark_table_flattens_nested_values():
+    table = roofline.benchmark_table(RUN["rows"], ["op", "shape", "times_us.bnlib",
+                                                   "speedup.eager", "absent", "note"])
+    assert table.splitlines() == ["| op | shape | times_us.bnlib | speedup.eager |",
+                                  "|---|---|---|---|",
+                                  "| bn | 256x256x14x14 | 60 | 2 |"]
+
+
+def test_benchmark_plot_puts_baselines_beside_bnlib():
+    fig, ax = matplotlib.pyplot.subplots()
+    roofline.plot_benchmark_bandwidth(ax, RUN["rows"], ["eager"], {"copy": 2990.0})
+    widths = sorted(bar.get_width() for bar in ax.patches)
+    # eager: the same bytes in twice the time.
+    assert widths == pytest.approx([154_140_672 / 120.0 / 1e3, 2569.0])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["bn forward 256x256x14x14 float32"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_benchmark_file_without_rows_is_an_error(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"device": "x"}))
+    with pytest.raises(ValueError, match=r"bad\.json: expected a JSON object with a list"):
+        roofline.load_benchmark_results(tmp_path)
+
+
+def test_plot_needs_a_bandwidth_column():
+    fig, ax = matplotlib.pyplot.subplots()
+    with pytest.raises(ValueError, match="no row has a GB/s value"):
+        roofline.plot_benchmark_bandwidth(ax, [{"op": "bn", "median_us": 3.0}])
+    matplotlib.pyplot.close(fig)
+
+
+def test_committed_results_render():
+    """Whatever is committed in benchmarks/results/ loads, tabulates and plots."""
+    for run in roofline.load_benchmark_results(roofline.repository_results_folder()):
+        rows = roofline.benchmark_rows(run)
+        assert rows, f"{run['file']} has no cases"
+        assert roofline.benchmark_table(rows).count("\n") == len(rows) + 1
+        assert roofline.benchmark_metadata(run)["device"] != "not recorded"
+
+
+def test_cpu_timing_reports_three_implementations():
+    rows = roofline.time_cpu_batchnorm(shape=(2, 3, 4, 4), reps=1)
+    assert [r["implementation"].split()[0] for r in rows] == ["textbook", "bnlib.numpy", "torch"]
+    for row in rows:
+        assert row["total_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"])
+        assert row["forward_ms"] > 0 and row["backward_ms"] > 0
+
+
+def test_predicted_time_widget_has_shape_dtype_and_device_controls():
+    widget = roofline.predicted_time_widget({"forward": 48, "backward": 156})
+    controls = widget.children[0].children
+    assert [c.description for c in controls] == ["N", "C", "H = W", "dtype", "device"]
+    matplotlib.pyplot.close("all")
