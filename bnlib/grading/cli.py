@@ -1,0 +1,399 @@
+"""Grade a whole class, or validate one notebook, with the hardened pipeline.
+
+    python -m bnlib.grading.cli grade [--assignment bn_forward] [--jobs 2] [--course DIR]
+    python -m bnlib.grading.cli validate my_notebook.ipynb [--release exercises/bn_forward/...]
+
+``grade`` runs ``nbgrader autograde`` once per student and assignment, in parallel, so one
+broken notebook never stops the class. Around it: a lock (a second run waits for nothing, it
+stops), a backup of the gradebook, a pre-flight of every submission, a per-student status
+file, a summary listing every failure, and the versions the results were produced with.
+Scores that a failed re-grade would leave standing are cleared and flagged for staff.
+
+``validate`` is the student's side: the same pre-flight, then the notebook's visible tests
+run exactly as the grader runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bnlib.grading import preflight as pf
+
+VERSIONED_PACKAGES = ("bnlib", "numpy", "torch", "nbgrader", "nbformat", "nbconvert", "ipython")
+
+
+@dataclass
+class StudentStatus:
+    """Outcome of grading one student on one assignment."""
+
+    student: str
+    assignment: str
+    status: str  # graded | missing | rejected | failed
+    score: float | None = None
+    max_score: float | None = None
+    messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class GradingLocked(RuntimeError):
+    """Another grading run holds the lock."""
+
+
+@contextlib.contextmanager
+def grading_lock(path: Path):
+    """An exclusive, non-blocking fcntl lock: two grading runs never write one gradebook."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise GradingLocked(f"another grading run is in progress ({holder}); "
+                                "wait for it to finish") from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def backup_gradebook(db_path: Path, backup_dir: Path) -> Path | None:
+    """A consistent copy of the SQLite gradebook (sqlite's backup API), timestamped."""
+    if not db_path.exists():
+        return None
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = backup_dir / f"gradebook-{stamp}.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as source, \
+            contextlib.closing(sqlite3.connect(target)) as copy:
+        source.backup(copy)
+    return target
+
+
+def versions() -> dict[str, str]:
+    """Versions that can change scores or messages, recorded with every run."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+class Course:
+    """Paths of an nbgrader course laid out by this repository's nbgrader_config.py."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.grading = self.root / "grading"
+        self.submitted = self.grading / "submitted"
+        self.db_path = self.grading / "gradebook.db"
+        self.db_url = f"sqlite:///{self.db_path}"
+
+    def assignments(self) -> list[str]:
+        source = self.root / "solutions"
+        return sorted(p.name for p in source.iterdir() if p.is_dir()) if source.is_dir() else []
+
+    def students(self, assignment: str) -> list[str]:
+        if not self.submitted.is_dir():
+            return []
+        return sorted(p.name for p in self.submitted.iterdir()
+                      if (p / assignment).is_dir())
+
+    def notebooks(self, assignment: str) -> list[str]:
+        from nbgrader.api import Gradebook, MissingEntry
+
+        with Gradebook(self.db_url) as gradebook:
+            try:
+                return sorted(n.name for n in gradebook.find_assignment(assignment).notebooks)
+            except MissingEntry:
+                return []
+
+
+def set_scores(course: Course, assignment: str, student: str, notebook: str | None,
+               score: float | None) -> None:
+    """Overwrite the auto scores of a submission and flag it for staff (needs manual grade)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(course.db_url) as gradebook:
+        gradebook.update_or_create_student(student)
+        try:
+            submission = gradebook.find_submission(assignment, student)
+        except MissingEntry:
+            submission = gradebook.add_submission(assignment, student)
+        for nb in submission.notebooks:
+            if notebook is not None and nb.name != notebook:
+                continue
+            for grade in nb.grades:
+                grade.auto_score = score
+                grade.needs_manual_grade = True
+        gradebook.db.commit()
+
+
+def read_scores(course: Course, assignment: str, student: str) -> tuple[float, float]:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(course.db_url) as gradebook:
+        submission = gradebook.find_submission(assignment, student)
+        return float(submission.score), float(submission.max_score)
+
+
+def grade_one(course: Course, assignment: str, student: str, timeout: float) -> StudentStatus:
+    """Pre-flight, then ``nbgrader autograde`` for one student; never raises."""
+    started = time.monotonic()
+    status = StudentStatus(student, assignment, "graded")
+    folder = course.submitted / student / assignment
+    expected = course.notebooks(assignment)
+    if not expected:
+        status.status = "failed"
+        status.messages.append(f"assignment {assignment} is not in the gradebook: run "
+                               f"`nbgrader generate_assignment {assignment}` first")
+        return status
+    missing = pf.check_folder(folder, expected)
+    for message in missing:
+        status.messages.append(message)
+    unreadable = []
+    for name in expected:
+        path = folder / f"{name}.ipynb"
+        if not path.exists():
+            continue
+        try:
+            report = pf.read_notebook(path)
+        except pf.SubmissionRejected as exc:
+            unreadable.append(name)
+            status.messages.append(str(exc))
+            continue
+        status.messages += [f"{name}: repaired: {c}" for c in report.changes]
+    to_grade = [n for n in expected if (folder / f"{n}.ipynb").exists() and n not in unreadable]
+    if to_grade:
+        result = _autograde(course, assignment, student, timeout)
+        if result.returncode != 0:
+            status.status = "failed"
+            status.messages.append("nbgrader autograde failed: " + _last_error(result.stdout))
+            set_scores(course, assignment, student, None, None)  # never leave old scores
+    else:
+        set_scores(course, assignment, student, None, 0.0)
+    for name in expected:
+        if not (folder / f"{name}.ipynb").exists() or name in unreadable:
+            set_scores(course, assignment, student, name, 0.0)
+            if status.status == "graded":
+                status.status = "rejected" if name in unreadable else "missing"
+    if status.status != "failed":
+        status.score, status.max_score = read_scores(course, assignment, student)
+    status.messages += _preflight_log_lines(course, assignment, student)
+    status.seconds = round(time.monotonic() - started, 2)
+    return status
+
+
+_LAST_LOGS: dict[tuple[str, str], str] = {}
+
+
+def _autograde(course: Course, assignment: str, student: str, timeout: float):
+    command = [sys.executable, "-m", "nbgrader", "autograde", assignment, "--student", student,
+               "--force", "--Autograde.create_student=True"]
+    result = None
+    for _attempt in range(3):  # sqlite allows one writer; a busy gradebook is retried
+        try:
+            result = subprocess.run(command, cwd=course.root, capture_output=True, text=True,
+                                    errors="replace", timeout=timeout, env=nbgrader_env(),
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            partial = exc.stdout.decode("utf-8", "replace") if isinstance(exc.stdout, bytes) \
+                else (exc.stdout or "")
+            result = subprocess.CompletedProcess(command, 124, f"{partial}\n[ERROR] grading "
+                                                 f"took more than {timeout:g} s", "")
+            break
+        result.stdout = (result.stdout or "") + (result.stderr or "")
+        if result.returncode == 0 or "database is locked" not in result.stdout:
+            break
+        time.sleep(1.0)
+    _LAST_LOGS[(assignment, student)] = result.stdout
+    return result
+
+
+def nbgrader_env() -> dict[str, str]:
+    """The environment for nbgrader commands: this interpreter's bin folder first on PATH
+    (nbgrader runs ``alembic`` from PATH), so an unactivated virtual environment works."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+
+def _last_error(log: str) -> str:
+    """The last error line of an nbgrader log (the most specific one), at most 300 characters."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line]
+    return (errors or lines or ["no output"])[-1][-300:]
+
+
+def _preflight_log_lines(course: Course, assignment: str, student: str) -> list[str]:
+    log = _LAST_LOGS.get((assignment, student), "")
+    return [line.split("pre-flight", 1)[1].lstrip(": ") for line in log.splitlines()
+            if "pre-flight" in line]
+
+
+def exposed_folders(course: Course) -> list[str]:
+    """Submission folders other users may write to (or, below the top, read): students must
+    not reach each other's work through the file system."""
+    import stat
+
+    found = []
+    if not course.submitted.is_dir():
+        return found
+    for folder in [course.submitted, *[p for p in course.submitted.rglob("*") if p.is_dir()]]:
+        mode = folder.stat().st_mode
+        others_write = mode & stat.S_IWOTH and not mode & stat.S_ISVTX
+        others_read = folder != course.submitted and mode & stat.S_IROTH
+        if others_write or others_read:
+            found.append(f"{folder} is {'writable' if others_write else 'readable'} by every user")
+    return found
+
+
+def grade_class(course: Course, assignments: list[str], jobs: int, timeout: float,
+                students: list[str] | None = None) -> dict:
+    """Grade every submitted student of every assignment; returns the run record."""
+    with grading_lock(course.grading / ".grading.lock"):
+        backup = backup_gradebook(course.db_path, course.grading / "backups")
+        started = datetime.now(UTC)
+        tasks = [(a, s) for a in assignments for s in course.students(a)
+                 if students is None or s in students]
+        with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+            statuses = list(pool.map(
+                lambda task: _safe_grade(course, task[0], task[1], timeout), tasks))
+        record = {"started": started.isoformat(timespec="seconds"),
+                  "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "gradebook_backup": str(backup) if backup else None,
+                  "versions": versions(), "students": [asdict(s) for s in statuses],
+                  "exposed_folders": exposed_folders(course)}
+        results = course.grading / "results"
+        results.mkdir(parents=True, exist_ok=True)
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        (results / f"run-{stamp}.json").write_text(json.dumps(record, indent=2))
+        shutil.copy(results / f"run-{stamp}.json", results / "latest.json")
+        return record
+
+
+def _safe_grade(course: Course, assignment: str, student: str, timeout: float) -> StudentStatus:
+    try:
+        return grade_one(course, assignment, student, timeout)
+    except Exception as exc:  # noqa: BLE001 - one student's failure never stops the class
+        with contextlib.suppress(Exception):
+            set_scores(course, assignment, student, None, None)
+        return StudentStatus(student, assignment, "failed",
+                             messages=[f"grading failed: {type(exc).__name__}: {exc}"])
+
+
+def summary(record: dict) -> str:
+    """A table of every student and a list of every failure."""
+    lines = [f"{'assignment':<14} {'student':<24} {'status':<9} {'score':>13}"]
+    failures = []
+    for s in record["students"]:
+        score = "-" if s["score"] is None else f"{s['score']:g} / {s['max_score']:g}"
+        lines.append(f"{s['assignment']:<14} {s['student']:<24} {s['status']:<9} {score:>13}")
+        if s["status"] != "graded":
+            failures.append(f"  {s['assignment']}/{s['student']}: {s['status']}: "
+                            + "; ".join(s["messages"][:3]))
+    lines.append(f"{len(record['students'])} submissions, {len(failures)} need attention")
+    if failures:
+        lines.append("Failures (scores cleared or set to 0 and flagged 'needs manual grade'):")
+        lines += failures
+    exposed = record.get("exposed_folders", [])
+    if exposed:
+        lines.append(f"Warning: {len(exposed)} submission folder(s) open to other users "
+                     "(chmod o-rwx): " + "; ".join(exposed[:3]))
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()))
+    return "\n".join(lines)
+
+
+def validate(path: Path, release: Path | None) -> tuple[bool, list[str]]:
+    """The student-side check: pre-flight plus the visible tests, run as the grader runs them."""
+    import logging
+
+    from bnlib.grading.pipeline import IsolatedExecute, is_test_cell
+
+    lines = []
+    try:
+        report = pf.read_notebook(path)
+    except pf.SubmissionRejected as exc:
+        return False, [str(exc)]
+    reference = None
+    if release is None:
+        candidate = Path(__file__).resolve().parents[2] / "exercises" / path.stem / path.name
+        release = candidate if candidate.exists() else None
+    if release is not None:
+        reference = pf.Reference.from_notebook(pf.read_notebook(release).notebook)
+    else:
+        lines.append("no released notebook found to compare with: cells not checked")
+    pf.preflight(report.notebook, reference, report)
+    lines += [f"repaired when graded: {c}" for c in report.changes]
+    lines += [f"warning: {w}" for w in report.warnings]
+    runner = IsolatedExecute(hidden_only_cells_pass=True)
+    runner.log.setLevel(logging.WARNING)
+    nb, _ = runner.preprocess(report.notebook, {"nbgrader": {"student": "you",
+                                                             "notebook": path.stem}})
+    ok = True
+    for index, cell in enumerate(nb.cells):
+        if not is_test_cell(cell):
+            continue
+        for output in cell.outputs:
+            if output.output_type == "error":
+                ok = False
+                lines.append(f"test cell {index}: FAILED: {output.evalue}")
+            elif output.output_type == "stream":
+                lines.append(f"test cell {index}: {output.text.strip()}")
+    return ok, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnlib.grading.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    grade = commands.add_parser("grade", help="grade every submission of a class")
+    grade.add_argument("--course", type=Path, default=Path(__file__).resolve().parents[2])
+    grade.add_argument("--assignment", action="append", help="repeatable; default: all")
+    grade.add_argument("--student", action="append", help="repeatable; default: all")
+    grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    grade.add_argument("--timeout", type=float, default=1800.0,
+                       help="seconds for one student's whole autograde run")
+    check = commands.add_parser("validate", help="check a notebook before submitting it")
+    check.add_argument("notebook", type=Path)
+    check.add_argument("--release", type=Path, help="the released notebook to compare with")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        ok, lines = validate(args.notebook, args.release)
+        print("\n".join(lines))
+        print("OK: this notebook can be graded" if ok else "NOT OK: see the messages above")
+        return 0 if ok else 1
+    course = Course(args.course)
+    try:
+        record = grade_class(course, args.assignment or course.assignments(), args.jobs,
+                             args.timeout, args.student)
+    except GradingLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(record))
+    return 0 if all(s["status"] == "graded" for s in record["students"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
