@@ -13,8 +13,9 @@ What the child gets (see ``README`` "What is isolated"):
 - an empty environment (``PATH``, ``HOME`` and ``TMPDIR`` pointing into the private directory,
   one BLAS/OpenMP thread), ``cwd`` in the private directory, ``python -I -S`` with a
   ``sys.path`` of the standard library and the site-packages that hold NumPy/PyTorch only;
-- as root on Linux: new network and mount namespaces (no network, the course folder, the
-  repository, home and temporary folders hidden under empty tmpfs mounts) and a private,
+- as root on Linux: new network and mount namespaces (no network; the course folder, the
+  repository, home and temporary folders and every top-level folder outside the operating
+  system's own hidden under empty tmpfs mounts) and a private,
   unprivileged uid, so ``RLIMIT_NPROC`` applies and nothing else on the host is writable;
 - everywhere: an audit hook that refuses sockets, and file opens under the hidden folders
   (best effort only without root: Python code can be escaped with ``ctypes``).
@@ -157,12 +158,21 @@ def python_paths() -> list[str]:
     return [*paths, site]
 
 
+# Top-level folders an interpreter needs; every other one is hidden (other checkouts of the
+# course, data folders, service sockets under /run).
+SYSTEM_DIRS = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
+               "usr"}
+
+
 def _hidden_dirs(extra: list[str]) -> list[str]:
-    """Folders the child must not see: repository, its parent, homes, temporary folders."""
+    """Folders the child must not see: repository, its parent, homes, temporary folders, and
+    every top-level folder that is not part of the operating system."""
     repo = Path(__file__).resolve().parents[2]
+    top_level = [p for p in Path("/").iterdir()
+                 if p.name not in SYSTEM_DIRS and p.is_dir() and not p.is_symlink()]
     candidates = [repo, repo.parent, Path.home(), Path("/home"), Path("/root"),
                   Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"),
-                  *map(Path, extra)]
+                  *sorted(top_level), *map(Path, extra)]
     found = []
     for path in candidates:
         path = path.resolve()
