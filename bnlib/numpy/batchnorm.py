@@ -6,14 +6,18 @@ inputs ``(N, D)`` and convolutional inputs ``(N, C, *spatial)``. With ``M = N * 
     mean = sum(x) / M                      var = sum((x - mean)**2) / M   (biased)
     xhat = (x - mean) / sqrt(var + eps)    y   = gamma * xhat + beta
 
-The implementation streams over the batch in cache-sized chunks: one pass for the statistics,
-one pass for the output in the forward, and two passes in the backward. Temporaries stay in
-the CPU cache, so memory traffic is close to the least the algorithm needs.
+The implementation streams over the batch in cache-sized chunks: one pass for the statistics
+and one for the output in the forward, one for the sums and one for dx in the backward.
+Temporaries stay in the CPU cache, so memory traffic is close to the least the algorithm
+needs, and large inputs are split across the cores (NumPy releases the GIL in its loops).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -26,8 +30,10 @@ from bnlib.numpy._checks import (
     require_vector,
 )
 
-# Bytes of one input chunk: small enough that a chunk and its temporaries stay in L2.
+# Bytes of one input chunk: small enough that a chunk and its temporaries stay in cache.
 CHUNK_BYTES = 1024 * 1024
+# Inputs smaller than this run on one thread: starting threads would cost more than it saves.
+PARALLEL_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,11 @@ def as_ncl(x: np.ndarray) -> np.ndarray:
     return x.reshape(n, c, -1)
 
 
-def batch_chunks(n: int, sample_bytes: int):
-    """Yield slices over the batch axis, each about CHUNK_BYTES of input."""
+def batch_chunks(part: slice, sample_bytes: int):
+    """Yield slices of the batch range ``part``, each about CHUNK_BYTES of input."""
     step = chunk_length(sample_bytes)
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+    for start in range(part.start, part.stop, step):
+        yield slice(start, min(part.stop, start + step))
 
 
 def chunk_length(sample_bytes: int) -> int:
@@ -73,6 +79,34 @@ def scratch_for(x3: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.empty((min(n, chunk_length(c * length * x3.itemsize)), c, length), dtype)
 
 
+@cache
+def thread_pool() -> ThreadPoolExecutor:
+    """Worker threads for the passes: NumPy releases the GIL inside its loops, so the
+    cores share the memory traffic, as torch's CPU kernels do."""
+    return ThreadPoolExecutor(max_workers=worker_count(), thread_name_prefix="bnlib")
+
+
+def worker_count() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
+def over_batch(work, x3: np.ndarray) -> list:
+    """Run ``work(part)`` on contiguous parts of the batch axis, in parallel for large inputs.
+
+    Returns the results in batch order, so reductions add up in a fixed order whatever the
+    threads' timing.
+    """
+    n = x3.shape[0]
+    workers = worker_count() if x3.nbytes >= PARALLEL_BYTES else 1
+    workers = min(workers, n)
+    bounds = [n * i // workers for i in range(workers + 1)]
+    parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    if len(parts) <= 1:
+        return [work(part) for part in parts]
+    return list(thread_pool().map(work, parts))
+
+
 def channel_sums(x3: np.ndarray, shift, dtype: np.dtype):
     """Per-channel ``sum(x - shift)`` and ``sum((x - shift)**2)``, accumulated in float64.
 
@@ -80,21 +114,26 @@ def channel_sums(x3: np.ndarray, shift, dtype: np.dtype):
     row use the compute dtype (short rows); the rows are then added in float64, so long
     batches do not lose precision.
     """
-    n, c, length = x3.shape
-    s1 = np.zeros(c, np.float64)
-    s2 = np.zeros(c, np.float64)
+    _, c, length = x3.shape
     in_place = shift is None and x3.dtype == dtype
-    scratch = None if in_place else scratch_for(x3, dtype)
     ones = np.ones(length, dtype)
-    for rows in batch_chunks(n, c * length * x3.itemsize):
-        d = x3[rows] if in_place else scratch[: rows.stop - rows.start]
-        if shift is not None:
-            np.subtract(x3[rows], shift[:, None], out=d)
-        elif not in_place:
-            d[...] = x3[rows]
-        s1 += np.matmul(d, ones).sum(axis=0, dtype=np.float64)
-        s2 += np.vecdot(d, d).sum(axis=0, dtype=np.float64)
-    return s1, s2
+
+    def work(part: slice):
+        s1 = np.zeros(c, np.float64)
+        s2 = np.zeros(c, np.float64)
+        scratch = None if in_place else scratch_for(x3, dtype)
+        for rows in batch_chunks(part, c * length * x3.itemsize):
+            d = x3[rows] if in_place else scratch[: rows.stop - rows.start]
+            if shift is not None:
+                np.subtract(x3[rows], shift[:, None], out=d)
+            elif not in_place:
+                d[...] = x3[rows]
+            s1 += np.matmul(d, ones).sum(axis=0, dtype=np.float64)
+            s2 += np.vecdot(d, d).sum(axis=0, dtype=np.float64)
+        return s1, s2
+
+    parts = over_batch(work, x3)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
 def centring_needed(center, spread, dtype) -> bool:
@@ -160,17 +199,22 @@ def affine_transform(x: np.ndarray, center, scale, shift, spread) -> np.ndarray:
     # The part of the centre not subtracted exactly moves into the shift.
     shift = shift - (center - rounded) * scale
     center, scale, shift = (v.astype(dtype)[:, None] for v in (rounded, scale, shift))
-    scratch = None if dtype == x.dtype else scratch_for(x3, dtype)
-    for rows in batch_chunks(x3.shape[0], x3.shape[1] * x3.shape[2] * x3.itemsize):
-        block = out3[rows] if scratch is None else scratch[: rows.stop - rows.start]
-        if centre_first:
-            np.subtract(x3[rows], center, out=block)
-            block *= scale
-        else:
-            np.multiply(x3[rows], scale, out=block)
-        block += shift
-        if scratch is not None:
-            out3[rows] = block
+    c, length = x3.shape[1:]
+
+    def work(part: slice) -> None:
+        scratch = None if dtype == x.dtype else scratch_for(x3, dtype)
+        for rows in batch_chunks(part, c * length * x3.itemsize):
+            block = out3[rows] if scratch is None else scratch[: rows.stop - rows.start]
+            if centre_first:
+                np.subtract(x3[rows], center, out=block)
+                block *= scale
+            else:
+                np.multiply(x3[rows], scale, out=block)
+            block += shift
+            if scratch is not None:
+                out3[rows] = block
+
+    over_batch(work, x3)
     return out
 
 
@@ -251,21 +295,27 @@ def gradient_sums(dout, x, mean, invstd, dtype):
     its spread; otherwise ``sum(dout * x) - mean * sum(dout)`` is exact enough.
     """
     d3, x3 = as_ncl(dout), as_ncl(x)
-    n, c, length = x3.shape
-    sum_dy = np.zeros(c, np.float64)
-    sum_dy_xmu = np.zeros(c, np.float64)
+    _, c, length = x3.shape
     centre_first = centring_needed(mean, invstd, dtype)
     rounded = mean.astype(dtype) if centre_first else np.zeros_like(mean)
     in_place = not centre_first and x.dtype == dtype
-    scratch = None if in_place else scratch_for(x3, dtype)
     ones = np.ones(length, dtype)
-    for rows in batch_chunks(n, c * length * x3.itemsize):
-        dy = d3[rows].astype(dtype, copy=False)
-        xmu = x3[rows] if in_place else scratch[: rows.stop - rows.start]
-        if not in_place:
-            np.subtract(x3[rows], rounded[:, None], out=xmu)
-        sum_dy += np.matmul(dy, ones).sum(axis=0, dtype=np.float64)
-        sum_dy_xmu += np.vecdot(dy, xmu).sum(axis=0, dtype=np.float64)
+
+    def work(part: slice):
+        sum_dy = np.zeros(c, np.float64)
+        sum_dy_xmu = np.zeros(c, np.float64)
+        scratch = None if in_place else scratch_for(x3, dtype)
+        for rows in batch_chunks(part, c * length * x3.itemsize):
+            dy = d3[rows].astype(dtype, copy=False)
+            xmu = x3[rows] if in_place else scratch[: rows.stop - rows.start]
+            if not in_place:
+                np.subtract(x3[rows], rounded[:, None], out=xmu)
+            sum_dy += np.matmul(dy, ones).sum(axis=0, dtype=np.float64)
+            sum_dy_xmu += np.vecdot(dy, xmu).sum(axis=0, dtype=np.float64)
+        return sum_dy, sum_dy_xmu
+
+    parts = over_batch(work, x3)
+    sum_dy, sum_dy_xmu = sum(p[0] for p in parts), sum(p[1] for p in parts)
     # sum(dy * (x - mean)) = sum(dy * (x - rounded)) - sum(dy) * (mean - rounded)
     return sum_dy, sum_dy_xmu - sum_dy * (mean - rounded)
 
@@ -277,7 +327,7 @@ def gradient_apply(dout, x, mean, invstd, scale, slope, offset, dtype):
     against the spread (``invstd``).
     """
     d3, x3 = as_ncl(dout), as_ncl(x)
-    n, c, length = x3.shape
+    _, c, length = x3.shape
     dx = np.empty(x.shape, x.dtype)
     dx3 = as_ncl(dx)
     centre_first = centring_needed(mean, invstd, dtype)
@@ -286,22 +336,26 @@ def gradient_apply(dout, x, mean, invstd, scale, slope, offset, dtype):
     center, scale, slope, offset = (
         np.asarray(v).astype(dtype)[:, None] for v in (rounded, scale, slope, offset)
     )
-    scratch = scratch_for(x3, dtype)
-    staging = None if dtype == x.dtype else scratch_for(x3, dtype)
-    for rows in batch_chunks(n, c * length * x3.itemsize):
-        size = rows.stop - rows.start
-        term = scratch[:size]
-        if centre_first:
-            np.subtract(x3[rows], center, out=term)
-            term *= slope
-        else:
-            np.multiply(x3[rows], slope, out=term)
-        term += offset
-        block = dx3[rows] if staging is None else staging[:size]
-        np.multiply(d3[rows], scale, out=block)
-        block += term
-        if staging is not None:
-            dx3[rows] = block
+
+    def work(part: slice) -> None:
+        scratch = scratch_for(x3, dtype)
+        staging = None if dtype == x.dtype else scratch_for(x3, dtype)
+        for rows in batch_chunks(part, c * length * x3.itemsize):
+            size = rows.stop - rows.start
+            term = scratch[:size]
+            if centre_first:
+                np.subtract(x3[rows], center, out=term)
+                term *= slope
+            else:
+                np.multiply(x3[rows], slope, out=term)
+            term += offset
+            block = dx3[rows] if staging is None else staging[:size]
+            np.multiply(d3[rows], scale, out=block)
+            block += term
+            if staging is not None:
+                dx3[rows] = block
+
+    over_batch(work, x3)
     return dx
 
 

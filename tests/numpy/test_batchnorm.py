@@ -210,3 +210,22 @@ def test_float32_accuracy_on_both_sides_of_the_centring_threshold(offset, shape,
                                       beta.astype(np.float64))
     dx64 = bn.batchnorm_backward(dout.astype(np.float64), cache64)[0]
     assert np.abs(dx - dx64).max() < 1e-4 * np.abs(dx64).max()
+
+
+def test_parallel_passes_equal_the_serial_ones(monkeypatch, rng):
+    """Large inputs are split across threads; the parts add up in a fixed order."""
+    from bnlib.numpy import batchnorm as module
+
+    x = rng.normal(3.0, 2.0, size=(37, 5, 4, 3)).astype(np.float32)
+    dout = rng.normal(size=x.shape).astype(np.float32)
+    gamma, beta = rng.normal(size=5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    monkeypatch.setattr(module, "CHUNK_BYTES", 64)  # one sample per chunk
+    serial_out, serial_cache = bn.batchnorm_forward(x, gamma, beta)
+    serial_grads = bn.batchnorm_backward(dout, serial_cache)
+    monkeypatch.setattr(module, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(module, "worker_count", lambda: 3)
+    for _ in range(3):
+        out, cache = bn.batchnorm_forward(x, gamma, beta)
+        np.testing.assert_array_equal(out, serial_out)
+        for a, b in zip(bn.batchnorm_backward(dout, cache), serial_grads, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
