@@ -444,7 +444,7 @@ def _progress(row: Row) -> str:
 # Block-size knobs of bnlib.torch._triton tried one at a time by --sweep (defaults marked *).
 SWEEP_KNOBS = {
     "bn": {"REDUCE_TILE_BYTES": [4096, 16384], "PROGRAMS_PER_SM": [4, 16],
-           "APPLY_TILE_BYTES": [4096, 16384]},
+           "NCHW_STATS_PROGRAMS_PER_SM": [8, 32], "APPLY_TILE_BYTES": [4096, 16384]},
     "ln": {"LN_FORWARD_TILE_BYTES": [8192, 32768], "LN_FORWARD_VALUES_PER_WARP": [512, 2048],
            "LN_BACKWARD_TILE": [4096, 16384], "LN_BACKWARD_SHARED_ROW_MAX": [1024, 4096],
            "LN_BACKWARD_VALUES_PER_WARP": [128, 512], "LN_BACKWARD_PROGRAMS_PER_SM": [1, 4],

@@ -47,8 +47,10 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # sweeps on an H100 (benchmarks/bench_gpu.py --sweep).
 REDUCE_TILE_BYTES = 8192
 APPLY_TILE_BYTES = 8192
-# Programs per multiprocessor that the split reductions aim for.
+# Programs per multiprocessor that the split reductions aim for; the statistics of NCHW
+# input (short strided rows per channel) need more programs in flight than the rest.
 PROGRAMS_PER_SM = 8
+NCHW_STATS_PROGRAMS_PER_SM = 16
 # Layer norm, rows held in registers: input bytes per forward program (several short rows
 # share one); values per backward program, shared only by rows of at most
 # LN_BACKWARD_SHARED_ROW_MAX values; values per warp (sets num_warps, at most LN_MAX_WARPS);
@@ -212,11 +214,11 @@ def _like(reference: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(reference, dtype=tensor.dtype).copy_(tensor)
 
 
-def _split_plan(layout: _BNLayout, x: torch.Tensor) -> dict:
+def _split_plan(layout: _BNLayout, x: torch.Tensor, programs_per_sm: int) -> dict:
     """Block sizes and split counts of the per-channel reductions (stats and gradient sums)."""
     return _cached_split_plan(layout.N, layout.C, layout.S, layout.channels_last,
                               x.element_size(), _multiprocessors(x.device),
-                              REDUCE_TILE_BYTES, PROGRAMS_PER_SM)
+                              REDUCE_TILE_BYTES, programs_per_sm)
 
 
 @functools.lru_cache(maxsize=256)
@@ -314,7 +316,8 @@ def _bn_batch_stats(x: torch.Tensor, layout: _BNLayout, eps: float):
     Returns a dict of ``mean``, ``var`` (biased), ``invstd``, ``shift`` (a sample of each
     channel) and ``mean_dev = mean - shift``.
     """
-    plan = _split_plan(layout, x)
+    plan = _split_plan(
+        layout, x, PROGRAMS_PER_SM if layout.channels_last else NCHW_STATS_PROGRAMS_PER_SM)
     C, splits = layout.C, plan["splits"]
     partials = torch.empty((3, splits, C), dtype=torch.float32, device=x.device)
     names = ("mean", "var", "invstd", "shift", "mean_dev")
@@ -383,7 +386,7 @@ def bn_backward_train(dy, x, weight, mean, invstd):
     layout = _BNLayout(x)
     mean = mean.to(torch.float32).contiguous()
     invstd = invstd.to(torch.float32).contiguous()
-    plan = _split_plan(layout, x)
+    plan = _split_plan(layout, x, PROGRAMS_PER_SM)
     C, splits = layout.C, plan["splits"]
     partials = torch.empty((2, splits, C), dtype=torch.float32, device=x.device)
     grads = torch.empty((2, C), dtype=torch.float32, device=x.device)

@@ -125,9 +125,10 @@ def test_split_reductions_merge_exactly(layout, device, generator, monkeypatch):
     """Tiny tiles force many partial summaries per channel through Chan's merge."""
     monkeypatch.setattr(_triton, "REDUCE_TILE_BYTES", 32)
     monkeypatch.setattr(_triton, "PROGRAMS_PER_SM", 16)
+    monkeypatch.setattr(_triton, "NCHW_STATS_PROGRAMS_PER_SM", 16)
     shape = (5, 3, 6, 7)
     x = make_input(shape, torch.float32, layout, device, generator)
-    assert _triton._split_plan(_triton._BNLayout(x), x)["splits"] > 3
+    assert _triton._split_plan(_triton._BNLayout(x), x, 16)["splits"] > 3
     dy = make_input(shape, torch.float32, layout, device, generator, scale=1.0, offset=0.0)
     weight, bias = channel_params(shape[1], generator, device)
     y, mean, var = _triton.bn_forward_train(x, weight, bias, EPS)
