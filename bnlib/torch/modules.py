@@ -28,6 +28,28 @@ _LAYERNORM_REPR_SHOWS_BIAS = _torch_repr_shows_bias(nn.LayerNorm(1))
 _GROUPNORM_REPR_SHOWS_BIAS = _torch_repr_shows_bias(nn.GroupNorm(1, 1))
 
 
+def _register_affine(module: nn.Module, shape, weight: bool, bias: bool | None,
+                     factory_kwargs) -> None:
+    """Register ``weight`` and ``bias`` of ``shape`` as torch.nn does: absent ones are None.
+
+    ``bias=None`` registers no ``bias`` at all (RMSNorm has none).
+    """
+    wanted = {"weight": weight} if bias is None else {"weight": weight, "bias": weight and bias}
+    for name, present in wanted.items():
+        if present:
+            module.register_parameter(name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+        else:
+            module.register_parameter(name, None)
+
+
+def _reset_affine(module: nn.Module) -> None:
+    """weight = 1 and bias = 0, where they exist."""
+    if module.weight is not None:
+        nn.init.ones_(module.weight)
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+
+
 class _NormBase(nn.Module):
     """Parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
     ``num_batches_tracked``) of the batch-norm layers, laid out as in ``torch.nn``."""
@@ -53,15 +75,7 @@ class _NormBase(nn.Module):
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, num_features, affine, bias, factory_kwargs)
         if track_running_stats:
             self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
             self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
@@ -84,10 +98,7 @@ class _NormBase(nn.Module):
     def reset_parameters(self) -> None:
         """Reset the running statistics, weight = 1 and bias = 0."""
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -197,23 +208,12 @@ class LayerNorm(nn.Module):
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, self.normalized_shape, elementwise_affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.elementwise_affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -252,23 +252,12 @@ class GroupNorm(nn.Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_channels, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, num_channels, affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
@@ -297,16 +286,12 @@ class RMSNorm(nn.Module):
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
+        _register_affine(self, self.normalized_shape, elementwise_affine, None, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1."""
-        if self.elementwise_affine:
-            nn.init.ones_(self.weight)
+        _reset_affine(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
