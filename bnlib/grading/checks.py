@@ -144,6 +144,16 @@ def returned_pair(result: dict, function: str, names: str) -> str:
     return f"{function} must return a tuple {names}; it returned {returned or 'nothing'}"
 
 
+def pair_failure(result: dict, function: str, names: str) -> Verdict | None:
+    """A failed verdict when the student's code raised, mutated an input, or did not return
+    the pair ``names``; None when the result can be compared."""
+    failure = failure_from_driver(result, function)
+    if failure:
+        return failure
+    problem = returned_pair(result, function, names)
+    return Verdict(False, problem) if problem else None
+
+
 Hypothesis = tuple[str, Callable[[dict], np.ndarray]]
 
 

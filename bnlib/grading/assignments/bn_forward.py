@@ -14,13 +14,12 @@ from bnlib.grading.checks import (
     compare,
     edge_cases,
     f64,
-    failure_from_driver,
     fixed_cases,
     normalization_facts,
     normalization_hypotheses,
     normalized,
+    pair_failure,
     random_cases,
-    returned_pair,
 )
 
 ASSIGNMENT = "bn_forward"
@@ -64,12 +63,9 @@ def axis_hypotheses(ndim: int) -> list[Hypothesis]:
 
 def judge_forward(case: dict, result: dict) -> Verdict:
     function = case["function"]
-    failure = failure_from_driver(result, function)
+    failure = pair_failure(result, function, "(out, cache)")
     if failure:
         return failure
-    problem = returned_pair(result, function, "(out, cache)")
-    if problem:
-        return Verdict(False, problem)
     ndim = np.ndim(case["x"])
     axes = channel_axes(ndim)
     hypotheses = normalization_hypotheses(axes) + axis_hypotheses(ndim)

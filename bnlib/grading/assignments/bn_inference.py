@@ -16,8 +16,8 @@ from bnlib.grading.checks import (
     compare,
     f64,
     failure_from_driver,
+    pair_failure,
     params,
-    returned_pair,
 )
 
 ASSIGNMENT = "bn_inference"
@@ -68,12 +68,9 @@ BIASED = ("running_var must store the unbiased batch variance (Bessel's correcti
 
 def judge_running(case: dict, result: dict) -> Verdict:
     function = "update_running_stats"
-    failure = failure_from_driver(result, function)
+    failure = pair_failure(result, function, "(running_mean, running_var)")
     if failure:
         return failure
-    problem = returned_pair(result, function, "(running_mean, running_var)")
-    if problem:
-        return Verdict(False, problem)
     ref_mean, ref_var = running_update(case)
     verdict = compare(result, "new_mean", ref_mean, function, case,
                       [(KERAS, lambda c: running_update(c, keras=True)[0])], lambda got: {})
@@ -193,12 +190,9 @@ def fold_scale(case):
 
 def judge_fold(case: dict, result: dict) -> Verdict:
     function = "fold_batchnorm"
-    failure = failure_from_driver(result, function)
+    failure = pair_failure(result, function, "(W_folded, b_folded)")
     if failure:
         return failure
-    problem = returned_pair(result, function, "(W_folded, b_folded)")
-    if problem:
-        return Verdict(False, problem)
     W, b = f64(case, "W"), f64(case, "b")
     mean, beta = f64(case, "running_mean"), f64(case, "beta")
     ref_W, ref_b = bnp.fold_batchnorm(W, b, f64(case, "gamma"), beta, mean,

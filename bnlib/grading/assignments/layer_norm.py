@@ -20,9 +20,9 @@ from bnlib.grading.checks import (
     normalization_facts,
     normalization_hypotheses,
     normalized,
+    pair_failure,
     parameter_gradients,
     params,
-    returned_pair,
     text,
 )
 
@@ -74,12 +74,9 @@ def ln_hypotheses() -> list[Hypothesis]:
 
 def judge_ln_forward(case: dict, result: dict) -> Verdict:
     function = "layernorm_forward"
-    failure = failure_from_driver(result, function)
+    failure = pair_failure(result, function, "(out, cache)")
     if failure:
         return failure
-    problem = returned_pair(result, function, "(out, cache)")
-    if problem:
-        return Verdict(False, problem)
     ref = bnp.layernorm_forward(f64(case, "x"), f64(case, "gamma"), f64(case, "beta"),
                                 case["eps"])[0]
     verdict = compare(result, "out", ref, function, case, ln_hypotheses(),
@@ -197,12 +194,9 @@ def gn_variant(case, ddof=0, place="inside", swap=False):
 
 def judge_gn(case: dict, result: dict) -> Verdict:
     function = "groupnorm_forward"
-    failure = failure_from_driver(result, function)
+    failure = pair_failure(result, function, "(out, cache)")
     if failure:
         return failure
-    problem = returned_pair(result, function, "(out, cache)")
-    if problem:
-        return Verdict(False, problem)
     ref = bnp.groupnorm_forward(f64(case, "x"), f64(case, "gamma"), f64(case, "beta"),
                                 case["num_groups"], case["eps"])[0]
     verdict = compare(result, "out", ref, function, case, gn_hypotheses(), lambda got: {})
