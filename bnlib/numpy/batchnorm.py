@@ -231,7 +231,13 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
         ``gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased batch variance;
         ``cache`` is a :class:`BatchNormCache` for :func:`batchnorm_backward`.
     """
-    where = "batchnorm_forward"
+    out, cache, _ = batchnorm_forward_with_variance(x, gamma, beta, eps, "batchnorm_forward")
+    return out, cache
+
+
+def batchnorm_forward_with_variance(x, gamma, beta, eps, where: str):
+    """:func:`batchnorm_forward` that also returns the biased batch variance (C,), float64,
+    for layers that keep running statistics (so they need not compute it again)."""
     require_input(x, where)
     channels = x.shape[1]
     require_vector(gamma, "gamma", channels, where)
@@ -240,11 +246,11 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     require_batch_values(x)
     if x.size == 0:
         empty = np.zeros(channels)
-        return x.copy(), BatchNormCache(x, empty, empty, gamma.astype(np.float64))
+        return x.copy(), BatchNormCache(x, empty, empty, gamma.astype(np.float64)), empty
     mean, var = batch_statistics(x)
     invstd = 1.0 / np.sqrt(var + eps)
     out = affine_transform(x, mean, gamma * invstd, beta, invstd)
-    return out, BatchNormCache(x, mean, invstd, gamma.astype(np.float64))
+    return out, BatchNormCache(x, mean, invstd, gamma.astype(np.float64)), var
 
 
 def batchnorm_backward(dout, cache):

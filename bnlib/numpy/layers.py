@@ -17,9 +17,8 @@ import numpy as np
 
 from bnlib.numpy._checks import require_eps, require_input
 from bnlib.numpy.batchnorm import (
-    batch_statistics,
     batchnorm_backward,
-    batchnorm_forward,
+    batchnorm_forward_with_variance,
     batchnorm_inference,
 )
 
@@ -125,9 +124,10 @@ class BatchNorm:
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
         if use_batch_stats:
-            out, cache = batchnorm_forward(x, gamma, beta, self.eps)
+            out, cache, var = batchnorm_forward_with_variance(x, gamma, beta, self.eps,
+                                                              "BatchNorm.forward")
             if self.training and self.running_mean is not None and x.size:
-                self._update_running_stats(x)
+                self._update_running_stats(cache.mean, var, x.size // x.shape[1])
             self._cache = ("batch", cache)
             return out
         out = batchnorm_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
@@ -142,9 +142,8 @@ class BatchNorm:
             return 1.0 - self.momentum
         return self.momentum
 
-    def _update_running_stats(self, x) -> None:
-        mean, var = batch_statistics(x)
-        count = x.size // x.shape[1]
+    def _update_running_stats(self, mean, var, count: int) -> None:
+        """Blend this batch's mean and variance (over ``count`` values) into the running ones."""
         if self.convention == "pytorch":
             var = var * count / (count - 1)
         factor = self._factor()
