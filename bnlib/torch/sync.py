@@ -21,20 +21,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from bnlib.torch._composite import _channel_view as channel_view
+from bnlib.torch._composite import _reduce_dims as reduce_dims
 from bnlib.torch._composite import accumulation_dtype, memory_format_of
 from bnlib.torch.modules import _BatchNorm
 
 __all__ = ["SyncBatchNorm"]
-
-
-def reduce_dims(x: torch.Tensor) -> list[int]:
-    """Every axis except the channel axis 1."""
-    return [0, *range(2, x.dim())]
-
-
-def channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """(C,) -> (1, C, 1, ...) so it broadcasts over (N, C, *spatial)."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def local_moments(x: torch.Tensor):
