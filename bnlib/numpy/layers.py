@@ -21,6 +21,7 @@ from bnlib.numpy.batchnorm import (
     batchnorm_forward_with_variance,
     batchnorm_inference,
 )
+from bnlib.numpy.staged import channel_view, reduction_axes
 
 CONVENTIONS = ("pytorch", "keras")
 DEFAULT_MOMENTUM = {"pytorch": 0.1, "keras": 0.99}
@@ -170,8 +171,7 @@ class BatchNorm:
                              f"got {dout.shape}")
         gamma, _ = self._gamma_beta()
         invstd = 1.0 / np.sqrt(self.running_var + self.eps)
-        view = (1, -1) + (1,) * (dout.ndim - 2)
-        axes = (0, *range(2, dout.ndim))
-        xhat = (x - self.running_mean.reshape(view)) * invstd.reshape(view)
-        dx = (dout * (gamma * invstd).reshape(view)).astype(dout.dtype, copy=False)
+        axes, ndim = reduction_axes(dout), dout.ndim
+        xhat = (x - channel_view(self.running_mean, ndim)) * channel_view(invstd, ndim)
+        dx = (dout * channel_view(gamma * invstd, ndim)).astype(dout.dtype, copy=False)
         return dx, (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
