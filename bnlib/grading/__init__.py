@@ -55,6 +55,27 @@ SIGNATURES = {
 }
 
 
+# Libraries that compute gradients or normalizations for the student: the NumPy assignments
+# exist to make students write these themselves, so student code may not import them there.
+AUTOGRAD_LIBRARIES = ("autograd", "chainer", "functorch", "jax", "jaxlib", "keras", "mxnet",
+                      "paddle", "sympy", "tensorflow", "tinygrad", "torch")
+
+FORBIDDEN_IMPORTS = {
+    "bn_forward": AUTOGRAD_LIBRARIES,
+    "bn_backward": AUTOGRAD_LIBRARIES,
+    "bn_inference": AUTOGRAD_LIBRARIES,
+    "layer_norm": AUTOGRAD_LIBRARIES,
+    "bn_torch": (),
+}
+
+
+def forbidden_imports(assignment: str) -> tuple[str, ...]:
+    """Top-level packages that student code of ``assignment`` may not import."""
+    if assignment not in FORBIDDEN_IMPORTS:
+        raise KeyError(f"no assignment {assignment!r}")
+    return FORBIDDEN_IMPORTS[assignment]
+
+
 def find_functions(check_spec: Check, namespace: dict) -> dict:
     """The graded names from ``namespace``; AssertionError naming the first missing one."""
     functions = {}
@@ -86,4 +107,5 @@ def check(assignment: str, name: str, namespace: dict, seed: int | None = None) 
     print(f"passed: {spec.description}" + (" (hidden cases)" if seed is not None else ""))
 
 
-__all__ = ["ASSIGNMENTS", "CHECKS", "Check", "Verdict", "check", "combine", "run_check"]
+__all__ = ["ASSIGNMENTS", "CHECKS", "Check", "Verdict", "check", "combine", "forbidden_imports",
+           "run_check"]

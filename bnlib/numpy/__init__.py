@@ -5,6 +5,7 @@ CS231n-style functions: statistics over every axis but axis 1, so one function s
 takes ``(dout, cache)``.
 """
 
+from bnlib.numpy.axes import channel_view, reduction_axes
 from bnlib.numpy.batchnorm import (
     BatchNormCache,
     batch_statistics,
@@ -41,12 +42,14 @@ __all__ = [
     "batchnorm_forward",
     "batchnorm_forward_textbook",
     "batchnorm_inference",
+    "channel_view",
     "fold_batchnorm",
     "groupnorm_backward",
     "groupnorm_forward",
     "layernorm_backward",
     "layernorm_forward",
     "numerical_gradient",
+    "reduction_axes",
     "relative_error",
     "rmsnorm_backward",
     "rmsnorm_forward",

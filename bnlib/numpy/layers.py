@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from bnlib.numpy._checks import require_eps, require_input
+from bnlib.numpy.axes import channel_view, reduction_axes
 from bnlib.numpy.batchnorm import (
     batchnorm_backward,
     batchnorm_forward_with_variance,
     batchnorm_inference,
 )
-from bnlib.numpy.staged import channel_view, reduction_axes
 
 CONVENTIONS = ("pytorch", "keras")
 DEFAULT_MOMENTUM = {"pytorch": 0.1, "keras": 0.99}

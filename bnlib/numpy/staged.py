@@ -20,17 +20,8 @@ from bnlib.numpy._checks import (
     require_input,
     require_vector,
 )
+from bnlib.numpy.axes import channel_view, reduction_axes
 from bnlib.numpy.batchnorm import BatchNormCache
-
-
-def reduction_axes(x: np.ndarray) -> tuple[int, ...]:
-    """Every axis but the channel axis 1."""
-    return (0, *range(2, x.ndim))
-
-
-def channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
-    """Reshape a (C,) vector so it broadcasts along axis 1 of an ndim-D array."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def batchnorm_forward_textbook(x, gamma, beta, eps=1e-5):
