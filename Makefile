@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: book test lint exercises grade bench clean
+.PHONY: book test lint exercises grade bench clean system-book system-test
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,10 @@ book: book-assets
 
 # The site's own copies of MathJax, RequireJS and the ipywidgets manager (npm, pinned, cached).
 .PHONY: book-assets
-book-assets: $(STAMP)
+book-assets: $(STAMP) system-book
 	$(PY) book/fetch_assets.py
 
-test: $(STAMP)
+test: $(STAMP) system-test
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -44,3 +44,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build
+
+# Debian packages beyond Python (npm; for the tests also Chromium and Redis): installed when
+# run as root, otherwise one line saying what to install.
+system-book:
+	@bash scripts/system-packages.sh book
+system-test:
+	@bash scripts/system-packages.sh test
