@@ -77,6 +77,16 @@ def test_planted_mistake_fails_a_check_that_names_it(mistake):
     assert any(mistake.diagnosis in m for m in messages), messages
 
 
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
+def test_diagnosis_is_not_already_in_the_planted_notebook(mistake):
+    """Feedback shows the whole notebook: words it already holds would prove nothing."""
+    notebook = nbformat.read(str(REPO / "solutions" / mistake.assignment /
+                                 f"{mistake.assignment}.ipynb"), 4)
+    code = [c.source for c in notebook.cells if c.cell_type == "code"]
+    other = [c.source for c in notebook.cells if c.cell_type != "code"]
+    assert mistake.diagnosis not in "\n".join(plant_into(code, mistake) + other)
+
+
 def test_catalogue_covers_every_assignment_with_distinct_mistakes():
     assert len(MISTAKES) >= 20
     assert len({m.id for m in MISTAKES}) == len(MISTAKES)

@@ -284,7 +284,7 @@ ASSIGNMENT = Assignment("bn_torch", chapter=8, functions=(
                 "eval mode",
                 (("        if not self.training and self.track_running_stats:\n",
                   "        if False:  # eval mode not handled\n"),),
-                "in eval mode"),
+                "your output uses the statistics of the batch"),
         Mistake("eval_updates_running_stats", "BatchNorm2d updating its running statistics in "
                 "eval mode too",
                 (("        if self.training and self.track_running_stats:\n",
@@ -294,7 +294,7 @@ ASSIGNMENT = Assignment("bn_torch", chapter=8, functions=(
                 "variance",
                 (("batch_var = x.var(dim=(0, 2, 3), unbiased=False) * n / (n - 1)",
                   "batch_var = x.var(dim=(0, 2, 3), unbiased=False)"),),
-                "Bessel's correction"),
+                "running_var must be updated with the unbiased batch variance"),
         Mistake("bessel_with_batch_size", "Bessel's correction with n = N, not N * H * W",
                 (("n = x.numel() // x.shape[1]", "n = x.shape[0]"),),
                 "must use n = N * H * W"),

@@ -149,7 +149,7 @@ ASSIGNMENT = Assignment("layer_norm", chapter=6, forbidden_imports=AUTOGRAD_LIBR
                 "the means in dx run over the batch"),
         Mistake("dgamma_wrong_axis", "dgamma summed over the features",
                 (("dgamma = (dout * xhat).sum(axis=0)", "dgamma = (dout * xhat).sum(axis=1)"),),
-                "sum over the batch"),
+                "has one entry per feature, so sum over the batch"),
     )),
     Function("groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5) -> (out, cache)", (
         Check("groupnorm_forward", "groupnorm_forward matches the reference", group_cases,
