@@ -761,7 +761,7 @@ def running_statistics(batches, mean, var, momentum: float, *, keras: bool = Fal
     mean, var = np.array(mean, np.float64), np.array(var, np.float64)
     new = 1.0 - momentum if keras else momentum
     for batch in np.asarray(batches, np.float64):
-        axes = (0, *range(2, batch.ndim))
+        axes = reduction_axes(batch)
         n = {"all": batch.size // batch.shape[1], "batch": batch.shape[0], "none": 0}[bessel]
         batch_var = batch.var(axis=axes) * (n / (n - 1) if n else 1.0)
         mean = (1 - new) * mean + new * batch.mean(axis=axes)

@@ -9,6 +9,8 @@ import numpy as np
 
 from bnlib.grading import checks
 from bnlib.grading.checks import Assignment, Check, Function, Mistake, Verdict, f64
+from bnlib.grading.drivers import MODULE_OPTIONS as OPTIONS
+from bnlib.grading.drivers import MODULE_STATE as STATE
 from bnlib.numpy import reduction_axes
 
 TENSOR = "torch.Tensor"
@@ -78,8 +80,6 @@ def function_edge_cases(seed):
 
 # --- BatchNorm2d -----------------------------------------------------------------------------
 
-OPTIONS = ("eps", "momentum", "affine", "track_running_stats")
-STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def module_case(rng, shape, label, eps=1e-5, momentum=0.1, affine=True,
