@@ -208,7 +208,10 @@ class Assignment:
     forbidden_imports: tuple[str, ...] = ()
 
     def function(self, name: str) -> Function:
-        return next(f for f in self.functions if f.name == name)
+        for function in self.functions:
+            if function.name == name:
+                return function
+        raise KeyError(f"{self.name} declares no graded function {name!r}")
 
     @property
     def checks(self) -> tuple[Check, ...]:
