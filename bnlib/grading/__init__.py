@@ -14,59 +14,21 @@ message that names the likely mistake on failure.
 
 from __future__ import annotations
 
-from bnlib.grading.assignments import (
-    bn_backward,
-    bn_forward,
-    bn_inference,
-    bn_torch,
-    layer_norm,
-)
-from bnlib.grading.checks import Check, Verdict, combine
+from bnlib.grading.assignments import declared
+from bnlib.grading.checks import AUTOGRAD_LIBRARIES, Check, Verdict, combine
 from bnlib.grading.drivers import DRIVERS
 
+_DECLARED = declared()
+
+ASSIGNMENTS: tuple[str, ...] = tuple(a.name for a in _DECLARED)
+
 CHECKS: dict[tuple[str, str], Check] = {
-    (c.assignment, c.name): c
-    for module in (bn_forward, bn_backward, bn_inference, layer_norm, bn_torch)
-    for c in module.CHECKS
+    (c.assignment, c.name): c for a in _DECLARED for c in a.checks
 }
 
-ASSIGNMENTS = ("bn_forward", "bn_backward", "bn_inference", "layer_norm", "bn_torch")
+SIGNATURES: dict[str, str] = {f.name: f.signature for a in _DECLARED for f in a.functions}
 
-SIGNATURES = {
-    "batchnorm_forward": "batchnorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)",
-    "spatial_batchnorm_forward":
-        "spatial_batchnorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)",
-    "batchnorm_backward": "batchnorm_backward(dout, cache) -> (dx, dgamma, dbeta)",
-    "batchnorm_backward_alt": "batchnorm_backward_alt(dout, cache) -> (dx, dgamma, dbeta)",
-    "update_running_stats": "update_running_stats(running_mean, running_var, x, momentum=0.1) "
-                            "-> (running_mean, running_var)",
-    "batchnorm_inference": "batchnorm_inference(x, gamma, beta, running_mean, running_var, "
-                           "eps=1e-5) -> out",
-    "fold_batchnorm": "fold_batchnorm(W, b, gamma, beta, running_mean, running_var, eps=1e-5) "
-                      "-> (W_folded, b_folded)",
-    "layernorm_forward": "layernorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)",
-    "layernorm_backward": "layernorm_backward(dout, cache) -> (dx, dgamma, dbeta)",
-    "groupnorm_forward": "groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5) "
-                         "-> (out, cache)",
-    "BatchNormFunction": "class BatchNormFunction(torch.autograd.Function) with static "
-                         "forward(ctx, x, weight, bias, eps) and backward(ctx, grad_out)",
-    "BatchNorm2d": "class BatchNorm2d(torch.nn.Module) with __init__(self, num_features, "
-                   "eps=1e-5, momentum=0.1)",
-}
-
-
-# Libraries that compute gradients or normalizations for the student: the NumPy assignments
-# exist to make students write these themselves, so student code may not import them there.
-AUTOGRAD_LIBRARIES = ("autograd", "chainer", "functorch", "jax", "jaxlib", "keras", "mxnet",
-                      "paddle", "sympy", "tensorflow", "tinygrad", "torch")
-
-FORBIDDEN_IMPORTS = {
-    "bn_forward": AUTOGRAD_LIBRARIES,
-    "bn_backward": AUTOGRAD_LIBRARIES,
-    "bn_inference": AUTOGRAD_LIBRARIES,
-    "layer_norm": AUTOGRAD_LIBRARIES,
-    "bn_torch": (),
-}
+FORBIDDEN_IMPORTS: dict[str, tuple[str, ...]] = {a.name: a.forbidden_imports for a in _DECLARED}
 
 
 def forbidden_imports(assignment: str) -> tuple[str, ...]:
@@ -74,6 +36,12 @@ def forbidden_imports(assignment: str) -> tuple[str, ...]:
     if assignment not in FORBIDDEN_IMPORTS:
         raise KeyError(f"no assignment {assignment!r}")
     return FORBIDDEN_IMPORTS[assignment]
+
+
+def forbidden_import_message(assignment: str, module: str) -> str:
+    """What a student is told when their code imports a forbidden ``module``."""
+    return (f"importing {module} is not allowed in {assignment}: this assignment asks you to "
+            f"write the computation yourself, with NumPy")
 
 
 def find_functions(check_spec: Check, namespace: dict) -> dict:
@@ -107,5 +75,5 @@ def check(assignment: str, name: str, namespace: dict, seed: int | None = None) 
     print(f"passed: {spec.description}" + (" (hidden cases)" if seed is not None else ""))
 
 
-__all__ = ["ASSIGNMENTS", "CHECKS", "Check", "Verdict", "check", "combine", "forbidden_imports",
-           "run_check"]
+__all__ = ["ASSIGNMENTS", "AUTOGRAD_LIBRARIES", "CHECKS", "SIGNATURES", "Check", "Verdict",
+           "check", "combine", "forbidden_import_message", "forbidden_imports", "run_check"]

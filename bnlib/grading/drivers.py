@@ -7,35 +7,62 @@ where bnlib is not importable.
     driver(functions, case) -> result
 
 ``functions`` maps the graded names ("batchnorm_forward", ...) to the student's objects,
-``case`` maps str to np.ndarray | int | float | str (0-d arrays are accepted for scalars, as a
-case read back from an .npz file holds them). The result maps str to np.ndarray only: numbers,
-or fixed-width unicode strings for descriptions, so it can be saved with ``np.savez`` and loaded
-with ``allow_pickle=False``. Keys::
+``case`` maps str to np.ndarray | int | float | bool | str (0-d arrays are accepted for
+scalars, as a case read back from an .npz file holds them). A case says how to call the graded
+function with its ``signature``, e.g. ``"batchnorm_forward(x, gamma, beta, eps=1e-5) -> (out,
+cache)"``: each parameter is the case entry of that name, those with a default are passed by
+keyword. The result maps str to np.ndarray only: numbers, or fixed-width unicode strings for
+descriptions, so it can be saved with ``np.savez`` and loaded with ``allow_pickle=False``. Keys::
 
     <name>            an output, converted with np.array(..., copy=True)
     <name>.type       what the student returned, e.g. "numpy.ndarray", "list", "torch.Tensor"
     returned          the shape of the return value, e.g. "tuple of 2"
-    grad_fn           (module driver) the autograd node of the training output, e.g.
-                      "BatchNormFunctionBackward"
-    mutated           comma-separated names of inputs the student's code modified ("" if none)
+    input.<name>      an input array as it was after the student's code ran: the trusted side
+                      compares it with its own copy to tell whether the code modified it
     error             "<function> raised <ExceptionType>: <message>" when student code raised
+
+The module driver adds ``grad_fn`` (the autograd node of the training output) and the state
+of the module at construction (``init.<name>``) and after eval-mode calls (``eval.<name>``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
 
 MAX_MESSAGE_CHARS = 400
+SIGNATURE = re.compile(r"(\w+)\((.*)\)\s*->\s*\(?([\w, ]*)\)?")
+
+
+def parse_signature(signature: str) -> tuple[str, tuple[str, ...], tuple[str, ...],
+                                             tuple[str, ...]]:
+    """(name, positional parameters, keyword parameters, returned names) of a signature.
+
+    >>> parse_signature("f(x, gamma, eps=1e-5) -> (out, cache)")
+    ('f', ('x', 'gamma'), ('eps',), ('out', 'cache'))
+    """
+    match = SIGNATURE.fullmatch(signature.strip())
+    if match is None:
+        raise ValueError(f"not a signature 'name(params) -> returns': {signature!r}")
+    name, params, returns = match.groups()
+    params = [p.strip() for p in params.split(",") if p.strip()]
+    positional = tuple(p for p in params if "=" not in p)
+    keywords = tuple(p.split("=")[0].strip() for p in params if "=" in p)
+    return name, positional, keywords, tuple(r.strip() for r in returns.split(",") if r.strip())
 
 
 def _text(value: str) -> np.ndarray:
     return np.array(str(value)[:MAX_MESSAGE_CHARS])
 
 
-def _scalar(case: dict, name: str, kind: type):
-    return kind(np.asarray(case[name]).item())
+def _argument(value):
+    """A fresh copy of an array argument; a 0-d array (read back from .npz) as a Python scalar."""
+    array = np.asarray(value)
+    if array.dtype.kind in "biufU" and array.ndim == 0:
+        return array.item()
+    return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
 
 
 def _type_name(value) -> str:
@@ -50,9 +77,8 @@ def _type_name(value) -> str:
 def _record(result: dict, name: str, value) -> None:
     """Store ``value`` under ``name`` if it converts to a numeric array; always store its type."""
     result[f"{name}.type"] = _text(_type_name(value))
-    if type(value).__module__.startswith("torch"):
-        # Tensors are described by the torch driver; a tensor here is a wrong return type.
-        value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):
+        value = value.detach().cpu().numpy()  # a tensor: the judge decides if one was expected
     try:
         array = np.array(value, copy=True)
     except Exception:  # noqa: BLE001 - any object may come back; describe it, do not fail
@@ -61,150 +87,99 @@ def _record(result: dict, name: str, value) -> None:
         result[name] = array
 
 
-def _raised(result: dict, function: str, error: BaseException) -> dict:
-    result["error"] = _text(f"{function} raised {type(error).__name__}: {error}")
-    return result
+def _guarded(function: str, thunk: Callable):
+    """(value, None) when ``thunk()`` returns, (None, a result saying what it raised) if not."""
+    try:
+        return thunk(), None
+    except (Exception, SystemExit) as error:
+        return None, {"error": _text(f"{function} raised {type(error).__name__}: {error}")}
 
 
-def _copies(case: dict, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {name: np.array(case[name], copy=True) for name in names}
+def _record_returned(result: dict, value, names: tuple[str, ...], prefix: str = "") -> bool:
+    """Record a return value: a tuple element-wise when ``names`` has several entries.
 
-
-def _record_mutations(result: dict, originals: dict, passed: dict) -> None:
-    mutated = [
-        name
-        for name, original in originals.items()
-        if passed[name].shape != original.shape
-        or not np.array_equal(passed[name], original, equal_nan=True)
-    ]
-    result["mutated"] = _text(",".join(mutated))
-
-
-def _unpack(result: dict, value, names: tuple[str, ...]) -> bool:
-    """Record a returned tuple element-wise; False if it is not a tuple/list of len(names)."""
-    if isinstance(value, (tuple, list)):
-        result["returned"] = _text(f"{type(value).__name__} of {len(value)}")
-        if len(value) == len(names):
-            for name, item in zip(names, value, strict=True):
-                _record(result, name, item)
-            return True
+    False when a tuple was expected and ``value`` is not a tuple/list of len(names).
+    """
+    if len(names) == 1:
+        result[f"{prefix}returned"] = _text(_type_name(value))
+        _record(result, names[0], value)
+        return True
+    if not isinstance(value, (tuple, list)):
+        result[f"{prefix}returned"] = _text(_type_name(value))
         return False
-    result["returned"] = _text(_type_name(value))
-    return False
+    result[f"{prefix}returned"] = _text(f"{type(value).__name__} of {len(value)}")
+    if len(value) != len(names):
+        return False
+    for name, item in zip(names, value, strict=True):
+        if name != "cache":  # the cache is the student's own business
+            _record(result, name, item)
+    return True
 
 
-def _call(function: Callable, *args, **kwargs):
-    return function(*args, **kwargs)
+def _invoke(functions: dict, case: dict, signature: str, prefix: str = "", given=None):
+    """Call the function of ``signature`` on the case's entries ``<prefix><parameter>``.
+
+    ``given`` supplies parameters that are not case entries (a cache). Returns (value, passed):
+    the return value and the case arguments as the function received them.
+    """
+    name, positional, keywords, _ = parse_signature(signature)
+    given = given or {}
+    passed = {p: _argument(case[prefix + p]) for p in (*positional, *keywords)
+              if p not in given and prefix + p in case}
+    arguments = {**passed, **given}
+    value = functions[name](*(arguments[p] for p in positional),
+                            **{k: arguments[k] for k in keywords if k in arguments})
+    return value, passed
 
 
-def normalize_forward(functions: dict, case: dict) -> dict:
-    """forward(x, gamma, beta[, num_groups], eps=eps) -> (out, cache); records out."""
-    name = _scalar(case, "function", str)
-    result: dict = {}
-    originals = _copies(case, ("x", "gamma", "beta"))
-    passed = _copies(case, ("x", "gamma", "beta"))
-    args = [passed["x"], passed["gamma"], passed["beta"]]
-    if "num_groups" in case:
-        args.append(_scalar(case, "num_groups", int))
-    try:
-        returned = _call(functions[name], *args, eps=_scalar(case, "eps", float))
-    except (Exception, SystemExit) as error:
-        return _raised(result, name, error)
-    _record_mutations(result, originals, passed)
-    _unpack(result, returned, ("out", "cache"))
-    result.pop("cache", None)  # the cache is the student's own business
+def _record_inputs(result: dict, passed: dict) -> None:
+    """Send back every array argument as the student's code left it (see ``input.<name>``)."""
+    for name, value in passed.items():
+        if isinstance(value, np.ndarray):
+            result[f"input.{name}"] = np.array(value, copy=True)
+
+
+def call(functions: dict, case: dict) -> dict:
+    """The graded function of ``case["signature"]`` on the case's inputs."""
+    signature = str(_argument(case["signature"]))
+    name, _, _, returns = parse_signature(signature)
+    called, failed = _guarded(name, lambda: _invoke(functions, case, signature))
+    if failed:
+        return failed
+    (returned, passed), result = called, {}
+    _record_inputs(result, passed)
+    _record_returned(result, returned, returns)
     return result
 
 
-def normalize_backward(functions: dict, case: dict) -> dict:
-    """forward(x, gamma, beta, eps) -> (out, cache), then backward(dout, cache) -> grads."""
-    forward_name = _scalar(case, "forward", str)
-    backward_name = _scalar(case, "function", str)
-    result: dict = {}
-    originals = _copies(case, ("x", "gamma", "beta", "dout"))
-    passed = _copies(case, ("x", "gamma", "beta", "dout"))
-    try:
-        returned = _call(
-            functions[forward_name], passed["x"], passed["gamma"], passed["beta"],
-            eps=_scalar(case, "eps", float),
-        )
-    except (Exception, SystemExit) as error:
-        return _raised(result, forward_name, error)
-    if not _unpack(result, returned, ("out", "cache")):
-        result["returned"] = _text(f"{forward_name}: {result['returned']}")
+def forward_then_backward(functions: dict, case: dict) -> dict:
+    """forward on the case's inputs, forward again on its ``other.`` inputs, then backward on
+    ``dout`` and the FIRST cache: a backward that ignores its cache cannot pass."""
+    forward, backward = str(_argument(case["forward_signature"])), str(_argument(case["signature"]))
+    forward_name, backward_name = parse_signature(forward)[0], parse_signature(backward)[0]
+    called, failed = _guarded(forward_name, lambda: _invoke(functions, case, forward))
+    if failed:
+        return failed
+    (returned, passed), result = called, {}
+    if not _record_returned(result, returned, parse_signature(forward)[3], "forward."):
         return result
-    cache = returned[1]
-    try:
-        grads = _call(functions[backward_name], passed["dout"], cache)
-    except (Exception, SystemExit) as error:
-        return _raised(result, backward_name, error)
-    _record_mutations(result, originals, passed)
-    result.pop("cache", None)
-    result.pop("returned", None)
-    _unpack(result, grads, ("dx", "dgamma", "dbeta"))
+    _, failed = _guarded(forward_name, lambda: _invoke(functions, case, forward, "other."))
+    if failed:
+        return failed
+    called, failed = _guarded(backward_name, lambda: _invoke(
+        functions, case, backward, given={"cache": returned[1]}))
+    if failed:
+        return failed
+    grads, passed_back = called
+    _record_inputs(result, {**passed, **passed_back})
+    _record_returned(result, grads, parse_signature(backward)[3])
     return result
 
 
-def running_stats(functions: dict, case: dict) -> dict:
-    """update_running_stats(running_mean, running_var, x, momentum) -> (mean, var)."""
-    name = "update_running_stats"
-    result: dict = {}
-    names = ("running_mean", "running_var", "x")
-    originals, passed = _copies(case, names), _copies(case, names)
-    try:
-        returned = _call(
-            functions[name], passed["running_mean"], passed["running_var"], passed["x"],
-            momentum=_scalar(case, "momentum", float),
-        )
-    except (Exception, SystemExit) as error:
-        return _raised(result, name, error)
-    _record_mutations(result, originals, passed)
-    _unpack(result, returned, ("new_mean", "new_var"))
-    return result
+def _tensor(case: dict, name: str, requires_grad: bool = False):
+    import torch
 
-
-def inference(functions: dict, case: dict) -> dict:
-    """batchnorm_inference(x, gamma, beta, running_mean, running_var, eps) -> out."""
-    name = "batchnorm_inference"
-    result: dict = {}
-    names = ("x", "gamma", "beta", "running_mean", "running_var")
-    originals, passed = _copies(case, names), _copies(case, names)
-    try:
-        returned = _call(
-            functions[name], *(passed[n] for n in names), eps=_scalar(case, "eps", float)
-        )
-    except (Exception, SystemExit) as error:
-        return _raised(result, name, error)
-    _record_mutations(result, originals, passed)
-    result["returned"] = _text(_type_name(returned))
-    _record(result, "out", returned)
-    return result
-
-
-def fold(functions: dict, case: dict) -> dict:
-    """fold_batchnorm(W, b, gamma, beta, running_mean, running_var, eps) -> (W_f, b_f)."""
-    name = "fold_batchnorm"
-    result: dict = {}
-    names = ("W", "b", "gamma", "beta", "running_mean", "running_var")
-    originals, passed = _copies(case, names), _copies(case, names)
-    try:
-        returned = _call(
-            functions[name], *(passed[n] for n in names), eps=_scalar(case, "eps", float)
-        )
-    except (Exception, SystemExit) as error:
-        return _raised(result, name, error)
-    _record_mutations(result, originals, passed)
-    _unpack(result, returned, ("W_folded", "b_folded"))
-    return result
-
-
-def _tensor_out(result: dict, name: str, value) -> None:
-    """Record a tensor output as a NumPy array (detached), and what it was."""
-    result[f"{name}.type"] = _text(_type_name(value))
-    if hasattr(value, "detach") and hasattr(value, "numpy"):
-        result[name] = np.array(value.detach().cpu().numpy(), copy=True)
-    else:
-        _record(result, name, value)
+    return torch.tensor(np.asarray(case[name]), requires_grad=requires_grad)
 
 
 def torch_function(functions: dict, case: dict) -> dict:
@@ -212,77 +187,79 @@ def torch_function(functions: dict, case: dict) -> dict:
     import torch
 
     name = "BatchNormFunction"
-    result: dict = {}
-    x = torch.tensor(case["x"], requires_grad=True)
-    weight = torch.tensor(case["gamma"], requires_grad=True)
-    bias = torch.tensor(case["beta"], requires_grad=True)
-    x_before = x.detach().clone()
-    try:
-        out = _call(functions[name].apply, x, weight, bias, _scalar(case, "eps", float))
-    except (Exception, SystemExit) as error:
-        return _raised(result, f"{name}.apply", error)
-    result["mutated"] = _text("" if torch.equal(x.detach(), x_before) else "x")
-    _tensor_out(result, "out", out)
+    x, weight, bias = (_tensor(case, key, True) for key in ("x", "gamma", "beta"))
+    out, failed = _guarded(f"{name}.apply", lambda: functions[name].apply(
+        x, weight, bias, _argument(case["eps"])))
+    if failed:
+        return failed
+    result = {"input.x": x.detach().numpy().copy()}
+    _record(result, "out", out)
     if "out" not in result or not isinstance(out, torch.Tensor):
         return result
-    try:
-        (out * torch.tensor(case["dout"])).sum().backward()
-    except (Exception, SystemExit) as error:
-        return _raised(result, f"{name}.backward", error)
+    _, failed = _guarded(f"{name}.backward",
+                         lambda: (out * _tensor(case, "dout")).sum().backward())
+    if failed:
+        return failed
     for grad_name, tensor in (("dx", x), ("dgamma", weight), ("dbeta", bias)):
         if tensor.grad is not None:
-            _tensor_out(result, grad_name, tensor.grad)
+            _record(result, grad_name, tensor.grad)
     return result
+
+
+MODULE_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+MODULE_OPTIONS = ("eps", "momentum", "affine", "track_running_stats")
+
+
+def _record_state(result: dict, module, prefix: str) -> None:
+    """The module's parameters and buffers that are tensors, as arrays under ``prefix``."""
+    for name in MODULE_STATE:
+        value = getattr(module, name, None)
+        if value is not None:
+            _record(result, prefix + name, value)
 
 
 def torch_module(functions: dict, case: dict) -> dict:
-    """BatchNorm2d(C, eps, momentum): names, training steps, running stats, eval output."""
+    """BatchNorm2d(C, **options): its state at construction, a training step with a backward,
+    more training steps, its running statistics, then eval-mode output and state."""
+    result: dict = {}
+    _, failed = _guarded("BatchNorm2d", lambda: _train_and_evaluate(
+        functions["BatchNorm2d"], case, result))
+    return failed or result
+
+
+def _train_and_evaluate(module_class, case: dict, result: dict) -> None:
     import torch
 
-    name = "BatchNorm2d"
-    result: dict = {}
-    batches = case["batches"]  # (steps, N, C, H, W)
-    try:
-        module = _call(
-            functions[name], int(batches.shape[2]), eps=_scalar(case, "eps", float),
-            momentum=_scalar(case, "momentum", float),
-        )
-        result["state_dict_keys"] = _text(",".join(module.state_dict().keys()))
-        result["parameter_names"] = _text(",".join(n for n, _ in module.named_parameters()))
+    batches = np.asarray(case["batches"])  # (steps, N, C, H, W)
+    options = {key: _argument(case[key]) for key in MODULE_OPTIONS if key in case}
+    module = module_class(int(batches.shape[2]), **options)
+    result["state_dict_keys"] = _text(",".join(module.state_dict().keys()))
+    _record_state(result, module, "init.")
+    if getattr(module, "weight", None) is not None:
         with torch.no_grad():
-            module.weight.copy_(torch.tensor(case["gamma"]))
-            module.bias.copy_(torch.tensor(case["beta"]))
-        module.train()
-        x = torch.tensor(batches[0], requires_grad=True)
-        out_train = module(x)
-        _tensor_out(result, "out_train", out_train)
-        result["grad_fn"] = _text(type(getattr(out_train, "grad_fn", None)).__name__)
-        (out_train * torch.tensor(case["dout"])).sum().backward()
-        if x.grad is not None:
-            _tensor_out(result, "dx", x.grad)
-        for batch in batches[1:]:
-            module(torch.tensor(batch))
-        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
-            value = getattr(module, buffer, None)
-            if value is not None:
-                _tensor_out(result, buffer, value)
-        module.eval()
-        x_eval = torch.tensor(case["x_eval"])
-        _tensor_out(result, "out_eval", module(x_eval))
-        result["mutated"] = _text(
-            "" if np.array_equal(x_eval.numpy(), case["x_eval"]) else "x"
-        )
-    except (Exception, SystemExit) as error:
-        return _raised(result, name, error)
-    return result
+            module.weight.copy_(_tensor(case, "gamma"))
+            module.bias.copy_(_tensor(case, "beta"))
+    module.train()
+    x = torch.tensor(batches[0], requires_grad=True)
+    out_train = module(x)
+    _record(result, "out_train", out_train)
+    result["grad_fn"] = _text(type(getattr(out_train, "grad_fn", None)).__name__)
+    (out_train * _tensor(case, "dout")).sum().backward()
+    if x.grad is not None:
+        _record(result, "dx", x.grad)
+    for batch in batches[1:]:
+        module(torch.tensor(batch))
+    _record_state(result, module, "")
+    module.eval()
+    x_eval = _tensor(case, "x_eval")
+    _record(result, "out_eval", module(x_eval))
+    result["input.x_eval"] = x_eval.numpy().copy()
+    _record_state(result, module, "eval.")
 
 
 DRIVERS: dict[str, Callable[[dict, dict], dict]] = {
-    "normalize_forward": normalize_forward,
-    "normalize_backward": normalize_backward,
-    "running_stats": running_stats,
-    "inference": inference,
-    "fold": fold,
+    "call": call,
+    "forward_then_backward": forward_then_backward,
     "torch_function": torch_function,
     "torch_module": torch_module,
 }

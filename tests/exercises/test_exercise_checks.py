@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bnlib.grading import ASSIGNMENTS, CHECKS, check, run_check
+from bnlib.grading import (
+    ASSIGNMENTS,
+    CHECKS,
+    SIGNATURES,
+    check,
+    forbidden_imports,
+    run_check,
+)
 from bnlib.grading.catalogue import MISTAKES, plant_into
-from bnlib.grading.checks import Verdict
-from bnlib.grading.drivers import DRIVERS
+from bnlib.grading.checks import Verdict, combine
+from bnlib.grading.drivers import DRIVERS, parse_signature
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK_CALL = re.compile(r'check\("(\w+)", "(\w+)", globals\(\)(?:, seed=(\d+))?\)')
@@ -55,7 +66,8 @@ def test_solution_passes_every_visible_and_hidden_check(assignment):
         assert verdict.passed, (call, verdict.message)
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
+@pytest.mark.parametrize("mistake", [m for m in MISTAKES if m.caught_by == "checks"],
+                         ids=[m.id for m in MISTAKES if m.caught_by == "checks"])
 def test_planted_mistake_fails_a_check_that_names_it(mistake):
     program, calls = notebook_parts(mistake.assignment, mistake)
     namespace = namespace_of(program)
@@ -63,6 +75,16 @@ def test_planted_mistake_fails_a_check_that_names_it(mistake):
         verdicts = [run_check(a, n, namespace, seed=seed) for a, n, seed in calls]
     messages = [v.message for v in verdicts if not v.passed]
     assert any(mistake.diagnosis in m for m in messages), messages
+
+
+@pytest.mark.parametrize("mistake", MISTAKES, ids=[m.id for m in MISTAKES])
+def test_diagnosis_is_not_already_in_the_planted_notebook(mistake):
+    """Feedback shows the whole notebook: words it already holds would prove nothing."""
+    notebook = nbformat.read(str(REPO / "solutions" / mistake.assignment /
+                                 f"{mistake.assignment}.ipynb"), 4)
+    code = [c.source for c in notebook.cells if c.cell_type == "code"]
+    other = [c.source for c in notebook.cells if c.cell_type != "code"]
+    assert mistake.diagnosis not in "\n".join(plant_into(code, mistake) + other)
 
 
 def test_catalogue_covers_every_assignment_with_distinct_mistakes():
@@ -192,3 +214,80 @@ def test_module_that_bypasses_batchnormfunction_is_told_to_use_it():
     assert not verdict.passed
     assert "must use BatchNormFunction.apply in training mode" in verdict.message
     assert "NativeBatchNormBackward0" in verdict.message
+
+
+def test_only_these_fail_explanation_holds_only_when_other_kinds_pass():
+    offset_fails = Verdict(False, "out is wrong", kind="offset")
+    alone = combine([Verdict(True, "ok", kind="plain"), offset_fails])
+    assert alone.diagnosed and "Only the float32 batch with a large mean fails" in alone.message
+    everything = combine([Verdict(False, "out is wrong", kind="plain"), offset_fails])
+    assert not everything.diagnosed and "Only" not in everything.message
+
+
+def test_a_backward_wrong_on_every_case_is_not_blamed_on_cancellation():
+    program, _ = notebook_parts("bn_backward")
+    namespace = namespace_of(program)
+
+    def batchnorm_backward_alt(dout, cache):  # the variance term with N - 1
+        xhat, _, std, gamma = cache
+        dxhat = dout * gamma
+        n = dout.shape[0]
+        dx = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).sum(axis=0) / (n - 1)) / std
+        return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
+
+    namespace["batchnorm_backward_alt"] = batchnorm_backward_alt
+    verdict = run_check("bn_backward", "batchnorm_backward_alt_edge_cases", namespace, seed=2402)
+    assert not verdict.passed
+    assert "catastrophic" not in verdict.message
+    assert "divides by N - 1" in verdict.message
+
+
+def test_modified_inputs_are_judged_from_what_the_driver_sends_back():
+    spec = CHECKS[("bn_forward", "batchnorm_forward")]
+    case = spec.cases(None)[0]
+    functions = {"batchnorm_forward": namespace_of(notebook_parts("bn_forward")[0])[
+        "batchnorm_forward"]}
+    result = DRIVERS[spec.driver](functions, case)
+    assert spec.judge(case, result).passed
+    changed = dict(result, **{"input.x": result["input.x"] + 1.0}, mutated=np.array(""))
+    assert "modified its input x in place" in spec.judge(case, changed).message
+    recast = dict(result, **{"input.x": result["input.x"].astype(np.float32)})
+    assert "modified its input x in place" in spec.judge(case, recast).message
+    missing = {k: v for k, v in result.items() if k != "input.x"}
+    assert "could not read back the input x" in spec.judge(case, missing).message
+
+
+def test_every_list_is_derived_from_the_declarations():
+    listed = subprocess.run([sys.executable, "-m", "bnlib.grading.assignments"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert tuple(listed) == ASSIGNMENTS
+    assert "ASSIGNMENTS = $(shell $(PY) -m bnlib.grading.assignments)" in \
+        (REPO / "Makefile").read_text()
+    assert {n for spec in CHECKS.values() for n in spec.functions} == set(SIGNATURES)
+    assert {m.assignment for m in MISTAKES} == set(ASSIGNMENTS)
+    assert "torch" in forbidden_imports("bn_backward") and forbidden_imports("bn_torch") == ()
+    with pytest.raises(KeyError, match="no assignment 'nope'"):
+        forbidden_imports("nope")
+
+
+def test_parse_signature_reads_parameters_and_returns():
+    assert parse_signature("fold(W, b, eps=1e-5) -> (W_folded, b_folded)") == (
+        "fold", ("W", "b"), ("eps",), ("W_folded", "b_folded"))
+    assert parse_signature("f(x) -> out")[3] == ("out",)
+    with pytest.raises(ValueError, match="not a signature"):
+        parse_signature("class BatchNorm2d(nn.Module)")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31))
+def test_hidden_batteries_cover_square_shapes_ranks_and_arguments(seed):
+    shapes = [np.shape(c["x"]) for c in CHECKS[("bn_forward", "batchnorm_forward")].cases(seed)]
+    assert any(len(set(s)) == 1 for s in shapes) and any(len(set(s)) == len(s) for s in shapes)
+    ranks = {np.ndim(c["x"]) for c in CHECKS[("bn_torch", "BatchNormFunction")].cases(seed)}
+    assert ranks == {2, 3, 4, 5}
+    module = CHECKS[("bn_torch", "BatchNorm2d")]
+    cases = module.cases(None) + module.cases(seed)
+    for option in ("eps", "momentum", "affine", "track_running_stats"):
+        assert len({c[option] for c in cases}) > 1, option
+    backward = CHECKS[("bn_backward", "batchnorm_backward")].cases(seed)
+    assert all(not np.array_equal(c["x"], c["other.x"]) for c in backward)

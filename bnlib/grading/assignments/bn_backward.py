@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from bnlib import numpy as bnp
-from bnlib.grading.assignments.bn_forward import (
-    forward_cases,
-    forward_edge_cases,
-    judge_forward,
-    with_function,
-)
-from bnlib.grading.checks import (
-    Check,
-    Verdict,
-    compare,
-    edge_cases,
-    f64,
-    failure_from_driver,
-    fixed_cases,
-    gradient_hypotheses,
-    parameter_gradients,
-    random_cases,
-    text,
-)
-
-ASSIGNMENT = "bn_backward"
-FUNCTIONS = ("batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt")
+from bnlib.grading import checks
+from bnlib.grading.assignments.bn_forward import BATCHNORM_FORWARD
+from bnlib.grading.checks import AUTOGRAD_LIBRARIES, Assignment, Check, Function, Mistake, f64
 
 
 def reference_gradients(case: dict):
@@ -35,60 +14,65 @@ def reference_gradients(case: dict):
     return bnp.batchnorm_backward(f64(case, "dout"), cache)
 
 
-def judge_forward_then_backward(case: dict, result: dict) -> Verdict:
-    """The student's forward must be right before its cache can feed the backward."""
-    function = case["function"]
-    failure = failure_from_driver(result, function)
-    if failure:
-        return failure
-    returned = text(result, "returned")
-    if returned.startswith("batchnorm_forward:"):
-        return Verdict(False, f"batchnorm_forward must return a tuple (out, cache); it returned "
-                              f"{returned.split(': ', 1)[1]}")
-    forward = judge_forward(dict(case, function="batchnorm_forward"),
-                            dict(result, returned=np.array("tuple of 2")))
-    if not forward.passed:
-        return Verdict(False, f"fix batchnorm_forward first (its cache feeds {function}): "
-                              f"{forward.message}", forward.diagnosed)
-    if returned not in ("tuple of 3", "list of 3"):
-        return Verdict(False, f"{function} must return a tuple (dx, dgamma, dbeta); it returned "
-                              f"{returned or 'nothing'}")
-    dx, dgamma, dbeta = reference_gradients(case)
-    verdict = parameter_gradients(result, case, function, dgamma, dbeta, (0,))
-    if verdict:
-        return verdict
-    verdict = compare(result, "dx", dx, function, case, gradient_hypotheses(axis=0),
-                      lambda got: {})
-    return verdict or Verdict(True, f"{function} is correct")
+judge_backward = checks.gradient_judge(reference_gradients, checks.gradient_hypotheses(axes=(0,)))
 
 
-def backward_cases(function: str):
-    def make(seed):
-        cases = fixed_cases((8, 4)) if seed is None else random_cases(seed)
-        return [dict(c, forward="batchnorm_forward", function=function) for c in cases]
-    return make
+def backward_cases(seed):
+    return checks.fixed_cases((8, 4)) if seed is None else checks.random_cases(seed)
 
 
-def backward_edge_cases(seed):
-    cases = edge_cases(seed)
-    return [dict(c, forward="batchnorm_forward", function=function)
-            for c in cases for function in FUNCTIONS[1:]]
+def backward_checks(function: str) -> tuple[Check, ...]:
+    return (Check(function, f"{function} matches the reference gradients", backward_cases,
+                  judge_backward, after="batchnorm_forward"),
+            Check(f"{function}_edge_cases",
+                  f"{function} handles N = 2, float32, a constant feature and a large mean",
+                  checks.edge_cases, judge_backward, after="batchnorm_forward"))
 
 
-CHECKS = [
-    Check(ASSIGNMENT, "batchnorm_forward", FUNCTIONS[:1], "normalize_forward",
-          "batchnorm_forward matches the reference", forward_cases, judge_forward),
-    Check(ASSIGNMENT, "batchnorm_forward_edge_cases", FUNCTIONS[:1], "normalize_forward",
-          "batchnorm_forward handles N = 2, a constant feature and float32",
-          lambda seed: with_function(forward_edge_cases(seed), "batchnorm_forward"),
-          judge_forward),
-    Check(ASSIGNMENT, "batchnorm_backward", FUNCTIONS[:2], "normalize_backward",
-          "batchnorm_backward matches the reference gradients",
-          backward_cases("batchnorm_backward"), judge_forward_then_backward),
-    Check(ASSIGNMENT, "batchnorm_backward_alt", (FUNCTIONS[0], FUNCTIONS[2]),
-          "normalize_backward", "batchnorm_backward_alt matches the reference gradients",
-          backward_cases("batchnorm_backward_alt"), judge_forward_then_backward),
-    Check(ASSIGNMENT, "backward_edge_cases", FUNCTIONS, "normalize_backward",
-          "both backward passes handle N = 2, a constant feature and float32",
-          backward_edge_cases, judge_forward_then_backward),
-]
+SIGNATURE = "(dout, cache) -> (dx, dgamma, dbeta)"
+
+ASSIGNMENT = Assignment("bn_backward", chapter=4, forbidden_imports=AUTOGRAD_LIBRARIES, functions=(
+    BATCHNORM_FORWARD,
+    Function(f"batchnorm_backward{SIGNATURE}", backward_checks("batchnorm_backward"), (
+        Mistake("graph_missing_dvar", "staged graph: the path through the variance is dropped",
+                (("    dxmu += 2 * xmu * dvar / N\n", ""),),
+                "flows through the variance"),
+        Mistake("graph_missing_factor_2", "staged graph: d var / d x without the factor 2",
+                (("dxmu += 2 * xmu * dvar / N", "dxmu += xmu * dvar / N"),),
+                "the factor 2 is missing"),
+        Mistake("graph_bessel", "staged graph: d var / d x divided by N - 1",
+                (("dxmu += 2 * xmu * dvar / N", "dxmu += 2 * xmu * dvar / (N - 1)"),),
+                "divides by N - 1"),
+        Mistake("graph_missing_dmean", "staged graph: the path through the mean is dropped",
+                (("dx = dxmu + dmean / N", "dx = dxmu"),),
+                "flows through the mean"),
+        Mistake("dgamma_dbeta_swapped", "dgamma and dbeta exchanged",
+                (("    dbeta = dout.sum(axis=0)\n    dgamma = (dout * xhat).sum(axis=0)",
+                  "    dgamma = dout.sum(axis=0)\n    dbeta = (dout * xhat).sum(axis=0)"),),
+                "dgamma and dbeta are swapped"),
+        Mistake("cache_in_a_global",
+                "forward keeps its cache in a global that backward reads instead of `cache`",
+                (("    cache = (xhat, xmu, std, gamma)\n",
+                  "    cache = (xhat, xmu, std, gamma)\n    global LAST_CACHE\n"
+                  "    LAST_CACHE = cache\n"),
+                 ("    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]",
+                  "    xhat, xmu, std, gamma = LAST_CACHE\n    N = dout.shape[0]")),
+                "ignores its cache argument"),
+        Mistake("torch_autograd", "gradients computed with torch's autograd",
+                (("    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]",
+                  "    import torch\n"
+                  "    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]"),),
+                "importing torch is not allowed in bn_backward", caught_by="sandbox"),
+    )),
+    Function(f"batchnorm_backward_alt{SIGNATURE}", backward_checks("batchnorm_backward_alt"), (
+        Mistake("alt_missing_xhat_term", "closed form without the xhat * mean(dxhat * xhat) term",
+                ((" - xhat * (dxhat * xhat).mean(axis=0)", ""),),
+                "flows through the variance"),
+        Mistake("alt_missing_mean_term", "closed form without the mean(dxhat) term",
+                (("dxhat - dxhat.mean(axis=0) - xhat", "dxhat - xhat"),),
+                "flows through the mean"),
+        Mistake("alt_dgamma_without_xhat", "dgamma = sum(dout)",
+                (("dgamma = np.sum(dout * xhat, axis=0)", "dgamma = np.sum(dout, axis=0)"),),
+                "the factor xhat is missing"),
+    )),
+))
