@@ -11,24 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from datetime import date
 
 import numpy as np
 
 import bnlib.numpy as bn
-
-
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+from bnlib.experiments.roofline import median_seconds
 
 
 def numpy_cases(x, dy, gamma, beta):
@@ -71,13 +59,17 @@ def measure(shape, repeats: int) -> dict:
     dy = rng.standard_normal(shape, dtype=np.float32)
     gamma = np.ones(shape[1], np.float32)
     beta = np.zeros(shape[1], np.float32)
-    copy_ms = median_ms(lambda: x.copy(), repeats)
+
+    def median_ms(fn):
+        return 1e3 * median_seconds(fn, repeats)
+
+    copy_ms = median_ms(lambda: x.copy())
     rows = []
     for name, forward, backward in numpy_cases(x, dy, gamma, beta):
-        f, b = median_ms(forward, repeats), median_ms(backward, repeats)
+        f, b = median_ms(forward), median_ms(backward)
         rows.append({"impl": name, "forward_ms": f, "backward_ms": b, "total_ms": f + b})
     t_forward, t_both, torch_name = torch_case(x, dy)
-    f, total = median_ms(t_forward, repeats), median_ms(t_both, repeats)
+    f, total = median_ms(t_forward), median_ms(t_both)
     rows.append({"impl": torch_name, "forward_ms": f, "backward_ms": total - f, "total_ms": total})
     return {"shape": list(shape), "dtype": "float32", "copy_ms": copy_ms, "rows": rows,
             "machine": platform.processor() or platform.machine(), "numpy": np.__version__,

@@ -10,8 +10,9 @@ Usage (from the repository root, on a machine with a CUDA device)::
 Every time is the median over ``--reps`` calls, each a CUDA-graph replay timed on the device
 with CUDA events after a 256 MB write that flushes the L2 cache (bnlib is also timed with
 plain launches, which shows its host-side cost). Each case reports the effective bandwidth under
-the byte model of ``byte_models.py``, its share of a device-to-device copy measured in the same
-run, and the speed-up over each baseline (baseline time / bnlib time; above 1 is faster).
+the byte model of ``bnlib.experiments.roofline`` (the one chapter 8 explains), its share of a
+device-to-device copy measured in the same run, and the speed-up over each baseline (baseline
+time / bnlib time; above 1 is faster).
 bnlib is timed through ``bnlib.torch._triton`` (the kernels, without the autograd wrapper);
 baselines are ``torch.nn.functional`` calls, backward through ``torch.autograd.grad``.
 """
@@ -22,12 +23,12 @@ import json
 import os
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from byte_models import byte_model, effective_gbps  # noqa: E402
+from bnlib.experiments.roofline import byte_model, effective_gbps, median_seconds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_cpu, for the no-GPU fallback
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 EPS = 1e-5
@@ -207,15 +208,7 @@ class Timer:
 
     def _host_median_us(self, run, setup) -> float:
         """CPU smoke run: host clock, no cache to flush."""
-        for _ in range(self.warmup):
-            run(setup() if setup else None)
-        times = []
-        for _ in range(self.reps):
-            state = setup() if setup else None
-            start = time.perf_counter()
-            run(state)
-            times.append((time.perf_counter() - start) * 1e6)
-        return statistics.median(times)
+        return 1e6 * median_seconds(run, self.reps, self.warmup, setup or (lambda: None))
 
     def _events_median_us(self, launch) -> float:
         torch = self.torch
@@ -276,6 +269,23 @@ def _grads(torch, output, inputs, grad):
     return torch.autograd.grad(output, inputs, grad, retain_graph=True)
 
 
+def _autograd_runners(torch, baselines, inputs, dy):
+    """``(setup, run, output_of)`` timing autograd's backward of each baseline ``fn(*inputs)``.
+
+    ``setup`` runs the forward on fresh leaves, outside the timed region; ``run`` times only
+    the backward. Baselines given as None (torch.compile switched off) are left out.
+    """
+
+    def setup(fn):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        return fn(*leaves), leaves
+
+    return {impl: (lambda fn=fn: setup(fn),
+                   lambda state: _grads(torch, state[0], state[1], dy),
+                   lambda out: out[0])
+            for impl, fn in baselines if fn is not None}
+
+
 def bn_runners(torch, triton_backend, x, direction, use_compile):
     """Per implementation, ``(setup, run, output_of)`` for one BN case."""
     F = torch.nn.functional
@@ -313,16 +323,9 @@ def bn_runners(torch, triton_backend, x, direction, use_compile):
         invstd = torch.rsqrt(var + EPS)
         runners["bnlib"] = (None, lambda _: triton_backend.bn_backward_train(
             dy, x, weight, mean, invstd), lambda out: out[0])
-        for impl, fn in (("eager", train), ("eager_no_cudnn", train), ("compile", compiled_train)):
-            if fn is None:
-                continue
-
-            def setup(fn=fn):
-                leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
-                return fn(*leaves), leaves
-
-            runners[impl] = (setup, lambda state: _grads(torch, state[0], state[1], dy),
-                             lambda out: out[0])
+        runners.update(_autograd_runners(
+            torch, (("eager", train), ("eager_no_cudnn", train), ("compile", compiled_train)),
+            (x, weight, bias), dy))
     return runners
 
 
@@ -350,16 +353,7 @@ def ln_runners(torch, triton_backend, x, direction, use_compile):
         _, mean, rstd = triton_backend.ln_forward(x, weight, bias, EPS)
         runners["bnlib"] = (None, lambda _: triton_backend.ln_backward(dy, x, weight, mean, rstd),
                             lambda out: out[0])
-        for impl, fn in impls:
-            if fn is None:
-                continue
-
-            def setup(fn=fn):
-                leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
-                return fn(*leaves), leaves
-
-            runners[impl] = (setup, lambda state: _grads(torch, state[0], state[1], dy),
-                             lambda out: out[0])
+        runners.update(_autograd_runners(torch, impls, (x, weight, bias), dy))
     return runners
 
 

@@ -1,13 +1,13 @@
 """Small experiments behind the myths-and-pitfalls chapter.
 
-Two functions here are WRONG ON PURPOSE (``normalise_with_variance``,
-``normalise_with_unbiased_variance``): they are the bugs the chapter demonstrates, kept next to
-the correct ``bnlib.numpy.batchnorm_forward`` so that the two can be compared.
+Two functions here differ from ``bnlib.numpy.batchnorm_forward`` on purpose, so that the chapter
+can compare them with it: ``normalize_with_variance`` is a bug (it divides by the variance),
+``normalize_with_unbiased_variance`` a convention that no framework uses in training.
 """
 
 from __future__ import annotations
 
-import time
+import copy
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -16,18 +16,13 @@ from matplotlib.figure import Figure
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from bnlib.experiments.running_stats import (
-    BNMLP,
-    accuracy,
-    minibatches,
-    softmax_cross_entropy,
-    train_mlp,
-)
+from bnlib.experiments.roofline import byte_model, median_seconds
+from bnlib.experiments.running_stats import BNMLP, accuracy, train_mlp
 from bnlib.numpy import batchnorm_forward
 
 __all__ = [
-    "normalise_with_variance",
-    "normalise_with_unbiased_variance",
+    "normalize_with_variance",
+    "normalize_with_unbiased_variance",
     "skewness_before_after",
     "plot_skewed_feature",
     "RegularizationResult",
@@ -41,8 +36,8 @@ __all__ = [
 ]
 
 
-def normalise_with_variance(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """WRONG ON PURPOSE: ``(x - mean) / (var + eps)``, the seed's "Batch = (x-m)/v".
+def normalize_with_variance(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """WRONG ON PURPOSE: ``(x - mean) / (var + eps)``, a tutorial's "Batch = (x-m)/v".
 
     (N, D) -> (N, D). Dividing by the variance instead of the standard deviation leaves each
     feature with standard deviation ``std / (var + eps)``, about ``1 / std``, not 1.
@@ -50,11 +45,12 @@ def normalise_with_variance(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return (x - x.mean(axis=0)) / (x.var(axis=0) + eps)
 
 
-def normalise_with_unbiased_variance(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """WRONG ON PURPOSE: normalise with the unbiased (ddof=1) batch variance.
+def normalize_with_unbiased_variance(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Normalize with the unbiased (ddof=1) batch variance, as Karpathy's makemore does.
 
     (N, D) -> (N, D). The output variance becomes (N - 1) / N instead of 1; torch, Keras and
-    ``bnlib`` normalise with the biased variance and keep the unbiased one for running_var.
+    ``bnlib`` normalize with the biased variance in training and keep the unbiased one for
+    running_var, so a model trained this way differs slightly from theirs.
     """
     return (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0, ddof=1) + eps)
 
@@ -179,70 +175,56 @@ def plot_regularization(results: list[RegularizationResult]) -> Figure:
     return fig
 
 
-def finetune_small_batches(
-    data,
-    pretrained: BNMLP,
-    freeze_bn_stats: bool,
-    batch_size: int = 2,
-    n_finetune: int = 200,
-    epochs: int = 3,
-    lr: float = 0.01,
-    seed: int = 0,
-) -> tuple[BNMLP, float]:
+class _FrozenStatisticsMLP(BNMLP):
+    """A BNMLP whose BN layer stays in eval mode while the network trains.
+
+    BN then normalizes with, and keeps, its running statistics; gamma, beta and the weights
+    still learn (the remedy for fine-tuning with tiny batches).
+    """
+
+    def train(self) -> BNMLP:
+        super().train()
+        self.bn.eval()
+        return self
+
+
+def finetune_small_batches(data, pretrained: BNMLP, freeze_bn_stats: bool, batch_size: int = 2,
+                           n_finetune: int = 200, epochs: int = 3, lr: float = 0.01,
+                           seed: int = 0) -> tuple[BNMLP, float]:
     """Fine-tune a copy of ``pretrained`` with tiny batches; return it and its test accuracy.
 
-    With ``freeze_bn_stats`` the BN layer stays in eval mode (it normalises with, and keeps,
-    the running statistics of pre-training; gamma and beta still learn); otherwise it is in
-    training mode and normalises each tiny batch with its own statistics.
+    The copy trains on the last ``n_finetune`` training images with
+    :func:`~bnlib.experiments.running_stats.train_mlp`. With
+    ``freeze_bn_stats`` its BN layer stays in eval mode (it normalizes with, and keeps, the
+    running statistics of pre-training; gamma and beta still learn); otherwise it is in
+    training mode and normalizes each tiny batch with its own statistics.
     """
-    model = BNMLP(d_in=pretrained.w1.shape[0], hidden=pretrained.w1.shape[1], seed=seed)
-    for name, value in pretrained.parameters().items():
-        model.parameters()[name][...] = value
-    model.bn.running_mean[...] = pretrained.bn.running_mean
-    model.bn.running_var[...] = pretrained.bn.running_var
-    rng = np.random.default_rng(seed)
-    x, y = data.x_train[-n_finetune:].astype(np.float64), data.y_train[-n_finetune:]
-    model.train()
+    model = copy.deepcopy(pretrained)
     if freeze_bn_stats:
-        model.bn.eval()
-    with threadpool_limits(limits=1):
-        for _ in range(epochs):
-            for xb, yb in minibatches(x, batch_size, rng, y):
-                _, dlogits = softmax_cross_entropy(model.forward(xb), yb)
-                model.backward(dlogits)
-                model.sgd_step(lr)
-    model.eval()
+        model.__class__ = _FrozenStatisticsMLP  # the same network; only train() differs
+    x, y = data.x_train[-n_finetune:], data.y_train[-n_finetune:]
+    train_mlp(x, y, model=model, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed)
     return model, accuracy(model, data.x_test, data.y_test)
 
 
 def bn_cost_model(batch: int, d_in: int, d_out: int, itemsize: int = 4) -> dict[str, float]:
     """FLOPs and bytes of ``Linear(d_in, d_out)`` and of ``BatchNorm1d(d_out)`` on a batch.
 
-    Counts, per element of the (batch, d_out) activation:
-
-    - linear: 2 * d_in FLOPs (one multiply-add per input);
-    - BN training forward: about 7 FLOPs (mean, subtract, square, variance, scale by 1/std,
-      gamma, beta) and at least 3 passes over memory (read for stats, read, write);
-    - BN inference: 2 FLOPs (one fused multiply-add after folding the constants), 2 passes.
+    The linear layer does 2 * d_in FLOPs (one multiply-add per input) per element of its
+    (batch, d_out) output, and reads its input and weight and writes its output once. BN's
+    FLOPs and bytes per element are those of its byte models
+    (:func:`bnlib.experiments.roofline.byte_model`, training forward and inference).
     """
     elems = batch * d_out
+    train, inference = byte_model("bn", "forward"), byte_model("bn", "inference")
     return {
         "linear_flops": 2.0 * batch * d_in * d_out,
-        "bn_train_flops": 7.0 * elems,
-        "bn_eval_flops": 2.0 * elems,
+        "bn_train_flops": float(train.flops * elems),
+        "bn_eval_flops": float(inference.flops * elems),
         "linear_bytes": float(itemsize * (batch * d_in + d_in * d_out + elems)),
-        "bn_train_bytes": float(itemsize * 3 * elems),
-        "bn_eval_bytes": float(itemsize * 2 * elems),
+        "bn_train_bytes": float(train.bytes_moved(elems, itemsize)),
+        "bn_eval_bytes": float(inference.bytes_moved(elems, itemsize)),
     }
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def time_linear_and_bn(
@@ -257,8 +239,8 @@ def time_linear_and_bn(
     # One thread for both, so that the comparison is per core.
     with threadpool_limits(limits=1):
         return {
-            "linear_s": _median_seconds(lambda: x @ w, repeats),
-            "bn_train_s": _median_seconds(lambda: batchnorm_forward(z, gamma, beta), repeats),
+            "linear_s": median_seconds(lambda: x @ w, repeats),
+            "bn_train_s": median_seconds(lambda: batchnorm_forward(z, gamma, beta), repeats),
         }
 
 

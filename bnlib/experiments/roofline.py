@@ -3,18 +3,21 @@
 Batch normalization does a handful of additions and multiplications per element, so its time
 is set by how many bytes it moves, not by how many flops it does. This module holds:
 
-- the byte model per operation (:data:`BYTE_MODEL`) and the roofline of a device
+- the byte model of each normalization pass (:data:`BYTE_MODELS`, :func:`byte_model`), which
+  the GPU and CPU benchmarks in ``benchmarks/`` use as well, and the roofline of a device
   (:func:`attainable_flops`, :func:`plot_roofline`);
 - :func:`tensor_traffic`, which runs a PyTorch function under a dispatch mode and adds up the
   bytes each operator reads and writes, to count the passes of a composite implementation;
 - :func:`predicted_time_us` and :func:`predicted_time_widget` for "how long should this take";
-- small numerical demonstrations: float32 vs bfloat16 accumulation
-  (:func:`running_sum_in`), and Welford's per-block statistics merged with Chan's formula
-  (:func:`welford_block_stats`, :func:`chan_combine`);
-- :func:`time_cpu_batchnorm`, a small build-time CPU timing of BN2d forward + backward;
-- :func:`load_benchmark_results`, :func:`benchmark_metadata`, :func:`benchmark_table` and
-  :func:`plot_benchmark_bandwidth` for the committed GPU benchmark files in
-  ``benchmarks/results/``.
+- small numerical demonstrations: float32 vs bfloat16 accumulation (:func:`running_sum_in`),
+  and the float32 variance computed five ways (:func:`one_pass_variance`,
+  :func:`two_pass_variance`, :func:`welford_variance`, built on :func:`welford_block_stats`
+  and :func:`chan_combine`);
+- :func:`median_seconds`, the one wall-clock timer of the chapters and the CPU benchmark, and
+  :func:`time_cpu_batchnorm`, a small build-time CPU timing of BN2d forward + backward;
+- :func:`load_benchmark_results`, :func:`benchmark_metadata`, :func:`benchmark_table`,
+  :func:`find_case`, :func:`copy_share_table` and :func:`plot_benchmark_bandwidth` for the
+  committed GPU benchmark files in ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "BYTE_MODEL",
+    "BYTE_MODELS",
     "DEVICES",
+    "ByteModel",
     "Device",
     "OperatorTraffic",
     "arithmetic_intensity",
@@ -38,9 +42,17 @@ __all__ = [
     "benchmark_metadata",
     "benchmark_rows",
     "benchmark_table",
+    "bn_training_designs",
+    "byte_model",
     "chan_combine",
+    "copy_share_table",
+    "effective_gbps",
+    "find_case",
+    "float32_sum",
     "load_benchmark_results",
+    "median_seconds",
     "numpy_copy_bandwidth",
+    "one_pass_variance",
     "plot_benchmark_bandwidth",
     "plot_roofline",
     "predicted_time_us",
@@ -49,7 +61,9 @@ __all__ = [
     "running_sum_in",
     "tensor_traffic",
     "time_cpu_batchnorm",
+    "two_pass_variance",
     "welford_block_stats",
+    "welford_variance",
 ]
 
 
@@ -61,12 +75,14 @@ class Device:
     """Peak figures of one processor, from its data sheet.
 
     ``bandwidth`` is in bytes per second; ``peak_flops`` maps a precision label
-    (for example ``"fp32"``) to floating-point operations per second.
+    (for example ``"fp32"``) to floating-point operations per second; ``multiprocessors`` is
+    the number of streaming multiprocessors (SMs), the units a kernel's programs are spread over.
     """
 
     name: str
     bandwidth: float
     peak_flops: dict[str, float] = field(default_factory=dict)
+    multiprocessors: int = 0
 
     def ridge_point(self, precision: str) -> float:
         """Arithmetic intensity (flop/byte) where the roofline turns: peak / bandwidth."""
@@ -76,28 +92,89 @@ class Device:
 #: Data-sheet figures (dense, no sparsity). fp32 is the CUDA-core rate; bf16 uses tensor cores,
 #: which normalization layers cannot use.
 DEVICES = {
-    "H100 SXM": Device("H100 SXM", 3.35e12, {"fp32": 67e12, "bf16 tensor": 989e12}),
-    "H100 PCIe": Device("H100 PCIe", 2.0e12, {"fp32": 51e12, "bf16 tensor": 756e12}),
-    "H200": Device("H200", 4.8e12, {"fp32": 67e12, "bf16 tensor": 989e12}),
+    "H100 SXM": Device("H100 SXM", 3.35e12, {"fp32": 67e12, "bf16 tensor": 989e12}, 132),
+    "H100 PCIe": Device("H100 PCIe", 2.0e12, {"fp32": 51e12, "bf16 tensor": 756e12}, 114),
+    "H200": Device("H200", 4.8e12, {"fp32": 67e12, "bf16 tensor": 989e12}, 132),
 }
 
 
 # --------------------------------------------------------------------------- byte model
 
-#: Bytes per element moved by each operation in float32 (4 bytes per value), from
-#: ``least``: the traffic no implementation can avoid; ``usual``: a design with one statistics
-#: kernel and one elementwise kernel. ``flops``: arithmetic per element (adds and multiplies of
-#: the reductions and of ``y = a * x + b`` or ``dx = A * dy + B * x + C``).
-BYTE_MODEL = (
-    {"op": "BN training forward", "traffic": "read x (stats), read x, write y",
-     "least": 8, "usual": 12, "flops": 6},
-    {"op": "BN training backward", "traffic": "read x, dy; write dx (+ reductions)",
-     "least": 12, "usual": 20, "flops": 8},
-    {"op": "BN inference", "traffic": "read x, write y", "least": 8, "usual": 8, "flops": 2},
-    {"op": "LN forward", "traffic": "read x, write y", "least": 8, "usual": 8, "flops": 6},
-    {"op": "LN backward", "traffic": "read x, dy; write dx", "least": 12, "usual": 20,
-     "flops": 8},
+
+@dataclass(frozen=True)
+class ByteModel:
+    """The memory traffic of one normalization pass, counted in passes over a full tensor.
+
+    A pass reads or writes every element of one tensor of the input's shape once; the small
+    outputs of the reductions (per-channel statistics, parameter gradients) are not counted.
+
+    - ``passes``: what a fused kernel moves in the usual design, the one bnlib's kernels follow
+      and the benchmarks hold them to. BN streams each channel twice, once to reduce it and
+      once for the elementwise step, because a channel (N * H * W values) rarely fits in one
+      multiprocessor's on-chip memory; LN keeps each row on chip.
+    - ``passes_on_chip``: the least traffic, when every reduced slice (a channel, a row) stays
+      on chip between the reduction and the elementwise step, so it is read only once.
+    - ``flops``: arithmetic per element (the reductions, then ``y = a * x + b`` or
+      ``dx = A * dy + B * x + C`` with per-channel constants).
+    """
+
+    op: str
+    direction: str
+    name: str
+    traffic: str
+    passes: int
+    passes_on_chip: int
+    flops: int
+
+    def bytes_per_element(self, element_size: int = 4, on_chip: bool = False) -> int:
+        """Bytes moved per element of the input: passes times the size of one value."""
+        if element_size <= 0:
+            raise ValueError(f"element_size must be positive, got {element_size}")
+        return (self.passes_on_chip if on_chip else self.passes) * element_size
+
+    def bytes_moved(self, numel: int, element_size: int) -> int:
+        """Bytes the pass moves for ``numel`` elements of ``element_size`` bytes (usual design)."""
+        if numel < 0:
+            raise ValueError(f"numel must be >= 0, got {numel}")
+        return numel * self.bytes_per_element(element_size)
+
+    def describe(self, element_size: int) -> str:
+        """E.g. ``"3 passes = 12 B/elem"`` for float32."""
+        return f"{self.passes} passes = {self.bytes_per_element(element_size)} B/elem"
+
+
+#: The byte models of the normalization passes, declared once and read by the chapters, the
+#: roofline and the benchmarks.
+BYTE_MODELS = (
+    ByteModel("bn", "forward", "BN training forward", "read x (statistics), read x, write y",
+              passes=3, passes_on_chip=2, flops=6),
+    ByteModel("bn", "backward", "BN training backward", "read x, dy (sums); read x, dy; write dx",
+              passes=5, passes_on_chip=3, flops=8),
+    ByteModel("bn", "fwd+bwd", "BN training forward + backward",
+              "the forward's passes, then the backward's", passes=8, passes_on_chip=5, flops=14),
+    ByteModel("bn", "inference", "BN inference", "read x, write y",
+              passes=2, passes_on_chip=2, flops=2),
+    ByteModel("ln", "forward", "LN forward", "read x, write y (each row stays on chip)",
+              passes=2, passes_on_chip=2, flops=6),
+    ByteModel("ln", "backward", "LN backward", "read x, dy; write dx (each row stays on chip)",
+              passes=3, passes_on_chip=3, flops=8),
 )
+
+
+def byte_model(op: str, direction: str) -> ByteModel:
+    """The model of ``op`` (``"bn"``, ``"ln"``) in ``direction`` (``"forward"``, ...)."""
+    for model in BYTE_MODELS:
+        if (model.op, model.direction) == (op, direction):
+            return model
+    known = ", ".join(f"{m.op} {m.direction}" for m in BYTE_MODELS)
+    raise ValueError(f"no byte model for {op} {direction}; known: {known}")
+
+
+def effective_gbps(bytes_moved: float, seconds: float) -> float:
+    """Bandwidth in GB/s (1e9 bytes per second) that ``bytes_moved`` in ``seconds`` implies."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be positive, got {seconds}")
+    return bytes_moved / seconds / 1e9
 
 
 def arithmetic_intensity(flops_per_element: float, bytes_per_element: float) -> float:
@@ -248,25 +325,91 @@ def chan_combine(a: tuple[int, float, float], b: tuple[int, float, float]):
     return count, mean, m2
 
 
+SUMMATION_ORDERS = ("sequential", "pairwise")
+
+
+def float32_sum(values: np.ndarray, order: str = "sequential") -> np.float32:
+    """Sum of ``values`` in float32, added in the given order.
+
+    ``"sequential"``: left to right into one running total, as a naive loop does; every
+    addition rounds a total that keeps growing, so the error grows with the length.
+    ``"pairwise"``: halves summed recursively (NumPy's ``np.sum``), so each value takes part in
+    about log2(n) roundings of totals of similar size.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if order == "sequential":
+        return np.cumsum(values, dtype=np.float32)[-1]
+    if order == "pairwise":
+        return np.sum(values, dtype=np.float32)
+    raise ValueError(f"order must be one of {SUMMATION_ORDERS}, got {order!r}")
+
+
+def one_pass_variance(x: np.ndarray, order: str = "sequential") -> float:
+    """``E[x**2] - E[x]**2`` from float32 sums of ``x`` and ``x**2``, taken in one pass.
+
+    When ``|mean|`` is large compared with the spread the two terms are nearly equal, and
+    their difference cancels their leading digits: the sums' rounding errors come out
+    multiplied by about ``mean**2 / variance``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    count = np.float32(x.size)
+    mean = float32_sum(x, order) / count
+    return float(float32_sum(x * x, order) / count - mean * mean)
+
+
+def two_pass_variance(x: np.ndarray) -> float:
+    """Mean of ``(x - mean)**2`` with the mean of a first pass; sequential float32 sums.
+
+    The squared deviations are small and positive, so nothing cancels.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    count = np.float32(x.size)
+    deviations = x - float32_sum(x) / count
+    return float(float32_sum(deviations * deviations) / count)
+
+
+def welford_variance(x: np.ndarray, num_blocks: int = 1) -> float:
+    """Welford's one-pass running ``(count, mean, M2)`` per block, merged with Chan's formula.
+
+    ``num_blocks=1`` is the sequential algorithm; more blocks do what a GPU's split reduction
+    does (one summary per program, then a merge).
+    """
+    summary = (0, 0.0, 0.0)
+    for block in welford_block_stats(x, num_blocks):
+        summary = chan_combine(summary, block)
+    count, _, m2 = summary
+    return m2 / count
+
+
 # --------------------------------------------------------------------------- CPU timing
 
 
-def _median_ms(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # warm up: first-touch page faults and lazy initialisation are not the operation
+def median_seconds(
+    fn: Callable[..., Any], repeats: int = 5, warmup: int = 1,
+    setup: Callable[[], Any] | None = None,
+) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls.
+
+    The warm-up calls take the first-touch page faults and lazy initialisation, which are not
+    the operation being timed; the median ignores the odd call that another process slowed
+    down. With ``setup``, each call is ``fn(setup())`` and ``setup`` runs outside the timing.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     times = []
-    for _ in range(reps):
+    for _ in range(warmup + repeats):
+        arguments = () if setup is None else (setup(),)
         start = time.perf_counter()
-        fn()
+        fn(*arguments)
         times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    return float(np.median(times[warmup:]))
 
 
 def numpy_copy_bandwidth(num_elements: int = 1 << 22, reps: int = 5) -> float:
     """Bytes per second of ``np.copyto`` on float32 (read + write), the CPU's practical ceiling."""
     src = np.ones(num_elements, dtype=np.float32)
     dst = np.empty_like(src)
-    ms = _median_ms(lambda: np.copyto(dst, src), reps)
-    return 2 * src.nbytes / (ms * 1e-3)
+    return 2 * src.nbytes / median_seconds(lambda: np.copyto(dst, src), reps)
 
 
 def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> list[dict]:
@@ -277,7 +420,7 @@ def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> 
     ``bnlib.numpy.batchnorm_forward/backward``, and PyTorch CPU eager
     (``torch.nn.functional.batch_norm`` with autograd). ``x``: float32 ``shape``. Returns one
     dict per implementation with ``forward_ms``, ``backward_ms``, ``total_ms`` and ``gb_per_s``
-    under the least-traffic byte model (8 + 12 bytes per element). PyTorch runs on one thread
+    under the byte model of BN forward + backward (:func:`byte_model`). PyTorch runs on one thread
     for the duration, like NumPy: on a shared machine extra threads mostly wait for each other.
     """
     import torch
@@ -311,11 +454,12 @@ def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> 
         "bnlib.numpy": numpy_pair(bnp.batchnorm_forward, bnp.batchnorm_backward),
         f"torch {torch.__version__.split('+')[0]} CPU eager": (torch_forward, torch_backward),
     }
+    model_bytes = byte_model("bn", "fwd+bwd").bytes_moved(x.size, x.itemsize)
     rows = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        timings = {name: (_median_ms(forward, reps), _median_ms(backward, reps))
+        timings = {name: (1e3 * median_seconds(forward, reps), 1e3 * median_seconds(backward, reps))
                    for name, (forward, backward) in implementations.items()}
     finally:
         torch.set_num_threads(threads)
@@ -326,7 +470,7 @@ def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> 
             "forward_ms": forward_ms,
             "backward_ms": backward_ms,
             "total_ms": total_ms,
-            "gb_per_s": x.size * (8 + 12) / (total_ms * 1e-3) / 1e9,
+            "gb_per_s": effective_gbps(model_bytes, total_ms * 1e-3),
         })
     return rows
 
@@ -424,6 +568,36 @@ def benchmark_table(rows: list[dict], columns: Iterable[str] | None = None) -> s
     return "\n".join(lines)
 
 
+def find_case(rows: list[dict], **fields) -> dict:
+    """The one row whose values match ``fields`` (e.g. ``op="bn", shape=[32, 512, 7, 7]``).
+
+    Raises KeyError naming the fields when no row, or more than one, matches.
+    """
+    matches = [row for row in rows if all(row.get(k) == v for k, v in fields.items())]
+    if len(matches) != 1:
+        raise KeyError(f"{len(matches)} benchmark rows match {fields}, expected 1")
+    return matches[0]
+
+
+def copy_share_table(rows: list[dict], op: str = "bn", direction: str = "fwd+bwd") -> str:
+    """Markdown table of ``percent_of_copy``: one line per shape, one column per dtype and layout.
+
+    Only the rows of ``op`` in ``direction`` are used; a missing combination is left empty.
+    """
+    cases = [row for row in rows if row.get("op") == op and row.get("direction") == direction]
+    shapes = list(dict.fromkeys(tuple(row["shape"]) for row in cases))
+    columns = list(dict.fromkeys((row["dtype"], row["layout"]) for row in cases))
+    share = {(tuple(row["shape"]), row["dtype"], row["layout"]): row.get("percent_of_copy")
+             for row in cases}
+    lines = ["| shape | " + " | ".join(f"{dtype} {layout}" for dtype, layout in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for shape in shapes:
+        cells = [share.get((shape, dtype, layout)) for dtype, layout in columns]
+        lines.append(f"| {'x'.join(map(str, shape))} | "
+                     + " | ".join("" if c is None else f"{c:.0f}%" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def _case_label(row: dict) -> str:
     parts = [row.get(k) for k in _LABEL_KEYS]
     return " ".join("x".join(map(str, p)) if isinstance(p, list | tuple) else str(p)
@@ -468,16 +642,25 @@ def plot_benchmark_bandwidth(ax, rows: list[dict], baselines: Iterable[str] = ()
 
 # --------------------------------------------------------------------------- widget
 
-_DESIGNS = {
-    "least traffic": {"forward": 8, "backward": 12},
-    "2-kernel design": {"forward": 12, "backward": 20},
-}
+def bn_training_designs(separate_ops: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Float32 bytes per element, ``"forward"`` and ``"backward"``, of three ways to build BN.
+
+    ``"channel on chip"`` and ``"split reduction"`` come from :data:`BYTE_MODELS` (least
+    traffic, and the usual fused design); ``separate_ops`` is a one-kernel-per-operator
+    implementation, as measured by :func:`tensor_traffic`.
+    """
+
+    def fused(on_chip: bool) -> dict[str, float]:
+        return {direction: byte_model("bn", direction).bytes_per_element(4, on_chip)
+                for direction in ("forward", "backward")}
+
+    return {"channel on chip": fused(True), "split reduction": fused(False),
+            "separate ops": dict(separate_ops)}
 
 
-def _predicted_times(num_elements: int, value_bytes: int, bandwidth: float, composite: dict):
+def _predicted_times(num_elements: int, value_bytes: int, bandwidth: float, designs: dict):
     """Forward and backward predicted microseconds per design (bytes scale with dtype size)."""
-    designs = dict(_DESIGNS, **{"separate ops": composite})
-    scale = value_bytes / 4  # byte model is for 4-byte float32 values
+    scale = value_bytes / 4  # the designs count 4-byte float32 values
     return {
         name: {phase: predicted_time_us(num_elements, b * scale, bandwidth)
                for phase, b in phases.items()}
@@ -489,7 +672,8 @@ def predicted_time_widget(composite_bytes: dict[str, float]):
     """Sliders for the BN2d shape, dtype and device; bars of predicted forward/backward time.
 
     ``composite_bytes``: float32 bytes per element of a separate-op implementation, keys
-    ``"forward"`` and ``"backward"`` (as measured by :func:`tensor_traffic`).
+    ``"forward"`` and ``"backward"`` (as measured by :func:`tensor_traffic`); the other designs
+    are those of :func:`bn_training_designs`.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
@@ -502,7 +686,7 @@ def predicted_time_widget(composite_bytes: dict[str, float]):
 
     def show(n, c, s, value_bytes, device_name):
         times = _predicted_times(n * c * s * s, value_bytes, DEVICES[device_name].bandwidth,
-                                 composite_bytes)
+                                 bn_training_designs(composite_bytes))
         fig, ax = plt.subplots(figsize=(6, 2.4))
         names = list(times)
         positions = np.arange(len(names))

@@ -1,4 +1,5 @@
-"""bnlib.experiments.roofline: the byte model, roofline, traffic counter and result readers."""
+"""bnlib.experiments.roofline: the byte models, roofline, variance demonstrations, timer,
+traffic counter and result readers."""
 
 import json
 
@@ -38,10 +39,54 @@ def test_roofline_is_bandwidth_then_peak():
 
 
 def test_arithmetic_intensity_of_bn_is_below_one_flop_per_byte():
-    for row in roofline.BYTE_MODEL:
-        assert roofline.arithmetic_intensity(row["flops"], row["least"]) < 1
+    for model in roofline.BYTE_MODELS:
+        assert roofline.arithmetic_intensity(model.flops, model.bytes_per_element()) < 1
     with pytest.raises(ValueError, match="bytes_per_element must be positive"):
         roofline.arithmetic_intensity(6, 0)
+
+
+@pytest.mark.parametrize(("op", "direction", "fp32_bytes", "on_chip_bytes"), [
+    ("bn", "forward", 12, 8), ("bn", "backward", 20, 12), ("bn", "fwd+bwd", 32, 20),
+    ("bn", "inference", 8, 8), ("ln", "forward", 8, 8), ("ln", "backward", 12, 12)])
+def test_byte_models_match_the_performance_reference(op, direction, fp32_bytes, on_chip_bytes):
+    model = roofline.byte_model(op, direction)
+    assert model.bytes_per_element() == fp32_bytes
+    assert model.bytes_per_element(on_chip=True) == on_chip_bytes
+    assert model.bytes_moved(RESNET_BN, 4) == fp32_bytes * RESNET_BN
+    assert model.bytes_moved(RESNET_BN, 2) == fp32_bytes // 2 * RESNET_BN  # bfloat16 halves it
+    assert model.describe(4) == f"{fp32_bytes // 4} passes = {fp32_bytes} B/elem"
+
+
+def test_forward_and_backward_add_up_to_fwd_bwd():
+    forward, backward = roofline.byte_model("bn", "forward"), roofline.byte_model("bn", "backward")
+    both = roofline.byte_model("bn", "fwd+bwd")
+    assert both.passes == forward.passes + backward.passes
+    assert both.passes_on_chip == forward.passes_on_chip + backward.passes_on_chip
+    assert both.flops == forward.flops + backward.flops
+
+
+def test_byte_model_errors():
+    with pytest.raises(ValueError, match="no byte model for bn sideways; known: bn forward"):
+        roofline.byte_model("bn", "sideways")
+    with pytest.raises(ValueError, match="element_size must be positive, got 0"):
+        roofline.byte_model("ln", "forward").bytes_moved(10, 0)
+    with pytest.raises(ValueError, match="numel must be >= 0, got -1"):
+        roofline.byte_model("ln", "forward").bytes_moved(-1, 4)
+    with pytest.raises(ValueError, match="seconds must be positive"):
+        roofline.effective_gbps(100, 0.0)
+
+
+def test_effective_gbps():
+    # BN2d (256,256,14,14) fp32 forward, 3 passes in 51 us: ~3.0 TB/s (performance.md)
+    bytes_moved = roofline.byte_model("bn", "forward").bytes_moved(RESNET_BN, 4)
+    assert roofline.effective_gbps(bytes_moved, 51e-6) == pytest.approx(3023, rel=1e-3)
+
+
+def test_bn_training_designs_come_from_the_byte_models():
+    designs = roofline.bn_training_designs({"forward": 48.0, "backward": 156.0})
+    assert designs == {"channel on chip": {"forward": 8, "backward": 12},
+                       "split reduction": {"forward": 12, "backward": 20},
+                       "separate ops": {"forward": 48.0, "backward": 156.0}}
 
 
 def test_welford_blocks_merged_with_chan_match_float64_variance():
@@ -55,6 +100,50 @@ def test_welford_blocks_merged_with_chan_match_float64_variance():
     exact = x.astype(np.float64)
     assert summary[1] == pytest.approx(exact.mean(), rel=1e-6)
     assert summary[2] / summary[0] == pytest.approx(exact.var(), rel=1e-4)
+    assert roofline.welford_variance(x, num_blocks=7) == summary[2] / summary[0]
+
+
+def test_pairwise_float32_sum_is_closer_than_sequential():
+    x = np.full(1 << 16, 0.1, dtype=np.float32)
+    exact = float(x.astype(np.float64).sum())
+    sequential = float(roofline.float32_sum(x, "sequential"))
+    pairwise = float(roofline.float32_sum(x, "pairwise"))
+    assert abs(pairwise - exact) < abs(sequential - exact) / 100
+    with pytest.raises(ValueError, match="order must be one of"):
+        roofline.float32_sum(x, "random")
+
+
+def test_one_pass_variance_cancels_where_two_pass_and_welford_do_not():
+    noise = np.random.default_rng(2).standard_normal(4096)
+    centred, shifted = noise.astype(np.float32), (1000.0 + noise).astype(np.float32)
+
+    def error(estimate, x):
+        exact = float(np.var(x.astype(np.float64)))
+        return abs(estimate(x) - exact) / exact
+
+    for estimate in (roofline.two_pass_variance, roofline.welford_variance,
+                     lambda x: roofline.one_pass_variance(x, "pairwise")):
+        assert error(estimate, centred) < 1e-5
+    # Shifted by 1000, the one-pass formula loses about six digits (1000**2 / 1), even with
+    # nearly exact pairwise sums; the other two stay accurate.
+    assert error(lambda x: roofline.one_pass_variance(x, "pairwise"), shifted) > 1e-4
+    assert error(roofline.two_pass_variance, shifted) < 1e-4
+    assert error(roofline.welford_variance, shifted) < 1e-4
+
+
+def test_median_seconds_takes_the_median_after_the_warm_up():
+    calls = []
+
+    def record(*arguments):
+        calls.append(arguments)
+
+    assert roofline.median_seconds(record, repeats=3, warmup=2) >= 0
+    assert calls == [()] * 5
+    calls.clear()
+    roofline.median_seconds(record, repeats=2, warmup=0, setup=lambda: "state")
+    assert calls == [("state",), ("state",)]
+    with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
+        roofline.median_seconds(record, repeats=0)
 
 
 def test_chan_combine_of_two_empty_summaries_is_empty():
@@ -133,6 +222,27 @@ def test_benchmark_plot_puts_baselines_beside_bnlib():
     matplotlib.pyplot.close(fig)
 
 
+def test_find_case_needs_exactly_one_match():
+    rows = RUN["rows"] + [dict(RUN["rows"][0], dtype="bfloat16")]
+    assert roofline.find_case(rows, op="bn", dtype="bfloat16")["dtype"] == "bfloat16"
+    with pytest.raises(KeyError, match="2 benchmark rows match {'op': 'bn'}, expected 1"):
+        roofline.find_case(rows, op="bn")
+    with pytest.raises(KeyError, match="0 benchmark rows match"):
+        roofline.find_case(rows, op="ln")
+
+
+def test_copy_share_table_has_a_line_per_shape_and_a_column_per_dtype_and_layout():
+    rows = [{"op": "bn", "direction": "fwd+bwd", "shape": shape, "dtype": dtype,
+             "layout": "nchw", "percent_of_copy": share}
+            for shape, dtype, share in [([8, 4, 2, 2], "float32", 90.4),
+                                        ([8, 4, 2, 2], "bfloat16", 29.6),
+                                        ([2, 4, 1, 1], "float32", 12.0)]]
+    rows.append(dict(rows[0], direction="forward", percent_of_copy=50.0))  # another pass
+    assert roofline.copy_share_table(rows).splitlines() == [
+        "| shape | float32 nchw | bfloat16 nchw |", "|---|---|---|",
+        "| 8x4x2x2 | 90% | 30% |", "| 2x4x1x1 | 12% |  |"]
+
+
 def test_benchmark_file_without_rows_is_an_error(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"device": "x"}))
     with pytest.raises(ValueError, match=r"bad\.json: expected a JSON object with a list"):
@@ -161,6 +271,8 @@ def test_cpu_timing_reports_three_implementations():
     for row in rows:
         assert row["total_ms"] == pytest.approx(row["forward_ms"] + row["backward_ms"])
         assert row["forward_ms"] > 0 and row["backward_ms"] > 0
+        # GB/s counts the 3 + 5 passes of the byte model over 2*3*4*4 float32 values
+        assert row["gb_per_s"] == pytest.approx(8 * 4 * 96 / (row["total_ms"] * 1e-3) / 1e9)
 
 
 def test_predicted_time_widget_has_shape_dtype_and_device_controls():
