@@ -48,6 +48,19 @@ def _moments_from_sums(sum1, sum2, count):
 
 
 @triton.jit
+def _nchw_block(N, S, n_per_split, s_per_split):
+    """The ``(n, s)`` block of NCHW program ``(c, split_n, split_s)``: its ranges
+    ``n_start:n_end`` and ``s_start:s_end``, and its row of the ``(splits, C)`` partials."""
+    split_n = tl.program_id(1)
+    split_s = tl.program_id(2)
+    n_start = split_n * n_per_split
+    s_start = split_s * s_per_split
+    row = split_n * tl.num_programs(2) + split_s
+    n_end = tl.minimum(n_start + n_per_split, N)
+    return n_start, n_end, s_start, tl.minimum(s_start + s_per_split, S), row
+
+
+@triton.jit
 def bn_stats_nchw_kernel(
     x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
     N, C, S, n_per_split, s_per_split,
@@ -60,16 +73,11 @@ def bn_stats_nchw_kernel(
     ``(splits, C)`` partial buffers.
     """
     channel = tl.program_id(0)
-    split_n = tl.program_id(1)
-    split_s = tl.program_id(2)
-    n_start = split_n * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    s_start = split_s * s_per_split
-    s_end = tl.minimum(s_start + s_per_split, S)
+    n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
     n_offsets = tl.arange(0, BLOCK_N)[:, None]
     s_offsets = tl.arange(0, BLOCK_S)[None, :]
     shift = tl.load(x_ptr + channel.to(tl.int64) * S).to(tl.float32)
-    if split_n + split_s == 0:
+    if row == 0:
         tl.store(shift_ptr + channel, shift)
     # Sums of x - shift: with the shift one sample of the channel they do not cancel, and
     # they cost two FMAs per element where a Welford step costs a division.
@@ -87,7 +95,7 @@ def bn_stats_nchw_kernel(
             sum2 += d * d
     count = (tl.maximum(n_end - n_start, 0) * tl.maximum(s_end - s_start, 0)).to(tl.float32)
     mean, m2 = _moments_from_sums(tl.sum(tl.sum(sum1, 1), 0), tl.sum(tl.sum(sum2, 1), 0), count)
-    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    out = row * C + channel
     tl.store(part_mean_ptr + out, mean)
     tl.store(part_m2_ptr + out, m2)
     tl.store(part_count_ptr + out, count)
@@ -228,12 +236,7 @@ def bn_grad_sums_nchw_kernel(
 ):
     """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of one channel over one ``(n, s)`` block."""
     channel = tl.program_id(0)
-    split_n = tl.program_id(1)
-    split_s = tl.program_id(2)
-    n_start = split_n * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    s_start = split_s * s_per_split
-    s_end = tl.minimum(s_start + s_per_split, S)
+    n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
     n_offsets = tl.arange(0, BLOCK_N)[:, None]
     s_offsets = tl.arange(0, BLOCK_S)[None, :]
     mean = tl.load(mean_ptr + channel)
@@ -249,7 +252,7 @@ def bn_grad_sums_nchw_kernel(
             x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
             sum_dy += dy
             sum_dyxmu += dy * (x - mean)
-    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    out = row * C + channel
     tl.store(part_dy_ptr + out, tl.sum(tl.sum(sum_dy, 1), 0))
     tl.store(part_dyxmu_ptr + out, tl.sum(tl.sum(sum_dyxmu, 1), 0))
 

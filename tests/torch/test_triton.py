@@ -3,19 +3,14 @@
 import pytest
 import torch
 
+import bnlib.torch as bt
 from bnlib.torch import _triton
-
-bt = pytest.importorskip("bnlib.torch", reason="bnlib.torch modules are not importable")
-if not hasattr(bt, "set_backend"):
-    pytest.skip("bnlib.torch has no set_backend dispatcher", allow_module_level=True)
 
 
 @pytest.fixture
 def triton_backend(device):
-    previous = bt.get_backend()
+    """The Triton backend for this test (conftest's restore_backend resets it)."""
     bt.set_backend("triton")
-    yield
-    bt.set_backend(previous)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
