@@ -1,7 +1,7 @@
 """Helpers shared by every part of ``bnlib.torch``: axes, layouts, dtypes and torch overrides.
 
 The two idioms of per-channel normalization (reduce over every axis but 1, broadcast a ``(C,)``
-vector along axis 1) have the same names as in :mod:`bnlib.numpy.axes`.
+vector along axis 1) have the same names as in ``bnlib.numpy.axes``.
 """
 
 import functools

@@ -1,9 +1,9 @@
 """Every argument check of ``bnlib.torch``, with the error types and messages of torch 2.13.
 
-The functional ops (:mod:`bnlib.torch.functional`) and the modules (:mod:`bnlib.torch.modules`)
+The functional ops (``bnlib.torch.functional``) and the modules (``bnlib.torch.modules``)
 call these before any computation, in the order torch checks, so that a wrong call fails the
 way it fails in ``torch.nn``. The last section checks the arguments of the backend functions
-(:mod:`bnlib.torch._triton`), which have no torch counterpart.
+(``bnlib.torch._triton``), which have no torch counterpart.
 
 The module-level rank checks are :func:`~bnlib.torch.helpers.overridable`: under
 ``torch.fx.symbolic_trace`` they become nodes of the graph and run when it runs.

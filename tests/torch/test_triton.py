@@ -13,50 +13,42 @@ def triton_backend(device):
     bt.set_backend("triton")
 
 
+def _train_step_matches_torch(ours, theirs, x, generator):
+    """Same parameters, one forward/backward through each: outputs, gradients and buffers."""
+    features = ours.weight.numel()
+    with torch.no_grad():
+        for module in (ours, theirs):
+            module.weight.copy_(torch.linspace(0.5, 1.5, features))
+            module.bias.copy_(torch.linspace(-1, 1, features))
+    assert bt.backend_name(x) == "triton"
+    dy = torch.randn(x.shape, generator=generator).to(x.device)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    y_ours.backward(dy)
+    y_theirs.backward(dy)
+    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-5)
+    for name, parameter in theirs.named_parameters():
+        torch.testing.assert_close(getattr(ours, name).grad, parameter.grad, atol=1e-4, rtol=1e-5)
+    for name, buffer in theirs.named_buffers():
+        torch.testing.assert_close(getattr(ours, name), buffer)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_batchnorm2d_on_triton_matches_torch_nn(channels_last, triton_backend, device,
                                                 generator):
     x = torch.randn(4, 3, 5, 6, generator=generator).to(device) * 2 + 1
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    dy = torch.randn(x.shape, generator=generator).to(device)
     ours, theirs = bt.BatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
-    with torch.no_grad():
-        for module in (ours, theirs):
-            module.weight.copy_(torch.linspace(0.5, 1.5, 3))
-            module.bias.copy_(torch.linspace(-1, 1, 3))
-    assert bt.backend_name(x) == "triton"
-    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
-    y_ours.backward(dy)
-    y_theirs.backward(dy)
-    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
-    torch.testing.assert_close(ours.running_var, theirs.running_var)
-    ours.eval()
-    theirs.eval()
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    _train_step_matches_torch(ours, theirs, x, generator)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), atol=1e-5, rtol=1e-5)
 
 
 def test_layernorm_on_triton_matches_torch_nn(triton_backend, device, generator):
     x = torch.randn(2, 5, 37, generator=generator).to(device) * 2 + 1
-    dy = torch.randn(x.shape, generator=generator).to(device)
     ours, theirs = bt.LayerNorm(37).to(device), torch.nn.LayerNorm(37).to(device)
-    with torch.no_grad():
-        for module in (ours, theirs):
-            module.weight.copy_(torch.linspace(0.5, 1.5, 37))
-            module.bias.copy_(torch.linspace(-1, 1, 37))
-    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
-    y_ours.backward(dy)
-    y_theirs.backward(dy)
-    torch.testing.assert_close(y_ours, y_theirs, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, atol=1e-4, rtol=1e-5)
+    _train_step_matches_torch(ours, theirs, x, generator)
 
 
 def test_available_under_the_interpreter_or_cuda():

@@ -1,4 +1,5 @@
-"""The GPU benchmark's byte models and report formatting, checked on the CPU."""
+"""The GPU benchmark (benchmarks/bench_gpu.py) that times these kernels: its byte models and
+report formatting, checked on the CPU."""
 
 import importlib.util
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
 def _load(name):
