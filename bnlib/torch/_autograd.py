@@ -72,6 +72,28 @@ def _grad_for(grad, meta, needed: bool):
     return grad.to(dtype).reshape(shape)
 
 
+def _save_with_statistics(ctx, x, weight, bias, statistics, eps) -> None:
+    """Keep what backward and jvp need: ``x``, ``weight`` and the forward's ``statistics``
+    outputs (per row or group, not differentiable), ``eps`` and the bias's dtype and shape."""
+    ctx.save_for_backward(x, weight, *statistics)
+    ctx.save_for_forward(x, weight, *statistics)
+    ctx.eps, ctx.bias = eps, _meta(bias)
+    ctx.mark_non_differentiable(*statistics)
+
+
+def _grads_of_x_weight_bias(ctx, dx, dweight, dbias, weight):
+    """The gradients of ``apply(x, <int or shape>, weight, bias, eps)``, where autograd needs
+    them: dx as given, the parameters' in their dtype and shape."""
+    needs_x, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+    return (
+        dx if needs_x else None,
+        None,
+        _grad_for(dweight, _meta(weight), needs_weight),
+        _grad_for(dbias, ctx.bias, needs_bias),
+        None,
+    )
+
+
 def _backward_backend(x: torch.Tensor, dy: torch.Tensor):
     """The backend of a backward pass: composite when it must itself be differentiable."""
     return _composite if torch.is_grad_enabled() else backend_for(x, dy)
@@ -289,11 +311,8 @@ class LayerNorm(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, normalized_shape, weight, bias, eps = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.save_for_forward(x, weight, mean, rstd)
-        ctx.row_size, ctx.eps, ctx.bias = math.prod(normalized_shape), eps, _meta(bias)
-        ctx.mark_non_differentiable(mean, rstd)
+        _save_with_statistics(ctx, x, weight, bias, output[1:], eps)
+        ctx.row_size = math.prod(normalized_shape)
 
     @staticmethod
     def backward(ctx, dy, _grad_mean, _grad_rstd):
@@ -303,14 +322,7 @@ class LayerNorm(torch.autograd.Function):
         if backend is _composite:  # stats recomputed from x, so double backward sees them
             _, mean, rstd = _composite.ln_forward(rows, None, None, ctx.eps)
         dx, dweight, dbias = backend.ln_backward(dy_rows, rows, _flat(weight), mean, rstd)
-        needs_x, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
-        return (
-            _as_input(dx, x) if needs_x else None,
-            None,
-            _grad_for(dweight, _meta(weight), needs_weight),
-            _grad_for(dbias, ctx.bias, needs_bias),
-            None,
-        )
+        return _grads_of_x_weight_bias(ctx, _as_input(dx, x), dweight, dbias, weight)
 
     @staticmethod
     def jvp(ctx, x_t, _shape_t, weight_t, bias_t, _eps_t):
@@ -350,11 +362,8 @@ class GroupNorm(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, num_groups, weight, bias, eps = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.save_for_forward(x, weight, mean, rstd)
-        ctx.num_groups, ctx.eps, ctx.bias = num_groups, eps, _meta(bias)
-        ctx.mark_non_differentiable(mean, rstd)
+        _save_with_statistics(ctx, x, weight, bias, output[1:], eps)
+        ctx.num_groups = num_groups
 
     @staticmethod
     def backward(ctx, dy, _grad_mean, _grad_rstd):
@@ -362,14 +371,7 @@ class GroupNorm(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: stats must depend on x for double backward
             _, mean, rstd = _composite.gn_forward(x, ctx.num_groups, None, None, ctx.eps)
         dx, dweight, dbias = _composite.gn_backward(dy, x, ctx.num_groups, weight, mean, rstd)
-        needs_x, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
-        return (
-            dx if needs_x else None,
-            None,
-            _grad_for(dweight, _meta(weight), needs_weight),
-            _grad_for(dbias, ctx.bias, needs_bias),
-            None,
-        )
+        return _grads_of_x_weight_bias(ctx, dx, dweight, dbias, weight)
 
     @staticmethod
     def jvp(ctx, x_t, _groups_t, weight_t, bias_t, _eps_t):
@@ -420,11 +422,8 @@ class RMSNorm(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, normalized_shape, weight, eps = inputs
-        _, rstd = output
-        ctx.save_for_backward(x, weight, rstd)
-        ctx.save_for_forward(x, weight, rstd)
-        ctx.row_size, ctx.eps = math.prod(normalized_shape), eps
-        ctx.mark_non_differentiable(rstd)
+        _save_with_statistics(ctx, x, weight, None, output[1:], eps)
+        ctx.row_size = math.prod(normalized_shape)
 
     @staticmethod
     def backward(ctx, dy, _grad_rstd):

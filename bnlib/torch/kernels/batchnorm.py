@@ -61,6 +61,13 @@ def _nchw_block(N, S, n_per_split, s_per_split):
 
 
 @triton.jit
+def _nchw_tile(n, s, n_end, s_end, channel, C, S):
+    """Offsets and mask of the tile of samples ``n`` (a column) and positions ``s`` (a row)
+    of one channel of an NCHW ``(N, C, S)`` tensor."""
+    return (n.to(tl.int64) * C + channel) * S + s, (n < n_end) & (s < s_end)
+
+
+@triton.jit
 def bn_stats_nchw_kernel(
     x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
     N, C, S, n_per_split, s_per_split,
@@ -84,12 +91,9 @@ def bn_stats_nchw_kernel(
     sum1 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     sum2 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
-        n = n0 + n_offsets
-        plane = (n.to(tl.int64) * C + channel) * S
         for s0 in range(s_start, s_end, BLOCK_S):
-            s = s0 + s_offsets
-            mask = (n < n_end) & (s < s_end)
-            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             d = tl.where(mask, x - shift, 0.0)
             sum1 += d
             sum2 += d * d
@@ -243,13 +247,10 @@ def bn_grad_sums_nchw_kernel(
     sum_dy = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     sum_dyxmu = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
-        n = n0 + n_offsets
-        plane = (n.to(tl.int64) * C + channel) * S
         for s0 in range(s_start, s_end, BLOCK_S):
-            s = s0 + s_offsets
-            mask = (n < n_end) & (s < s_end)
-            dy = tl.load(dy_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
+            dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             sum_dy += dy
             sum_dyxmu += dy * (x - mean)
     out = row * C + channel
