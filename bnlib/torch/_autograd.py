@@ -83,7 +83,7 @@ def _save_with_statistics(ctx, x, weight, bias, statistics, eps) -> None:
 
 def _grads_of_x_weight_bias(ctx, dx, dweight, dbias, weight):
     """The gradients of ``apply(x, <int or shape>, weight, bias, eps)``, where autograd needs
-    them: dx as given, the parameters' in their dtype and shape."""
+    them: dx as given, the parameters' gradients in their dtype and shape."""
     needs_x, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
     return (
         dx if needs_x else None,

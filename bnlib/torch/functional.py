@@ -56,6 +56,7 @@ def _batch_norm_kernel(input, running_mean, running_var, weight, bias, training,
         return _autograd.batch_norm_eval(input, running_mean, running_var, weight, bias, eps)
     output, mean, var = _autograd.batch_norm_train(input, weight, bias, eps)
     if running_mean is not None:
+        validation.check_running_stats_batched(mean, running_mean)
         count = input.numel() // input.shape[1]
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return output

@@ -17,6 +17,7 @@ import math
 import warnings
 
 import torch
+from torch._C._functorch import is_batchedtensor
 
 from bnlib.torch.helpers import overridable
 
@@ -32,6 +33,7 @@ __all__ = [
     "check_kernel_vector",
     "check_layer_norm",
     "check_rms_norm",
+    "check_running_stats_batched",
     "check_sync_batch_norm_input",
     "check_tensor_arguments",
     "verify_batch_size",
@@ -168,6 +170,18 @@ def check_batch_norm_kernel(input, running_mean, running_var, weight, bias, trai
     )
     _check_running_stats(running_mean, running_var, training)
     check_mixed_dtype(input, weight, bias, running_mean, running_var)
+
+
+def check_running_stats_batched(batch_statistic, running_statistic) -> None:
+    """Under ``torch.func.vmap``, running statistics updated in place must be batched as well."""
+    if is_batchedtensor(batch_statistic) and not is_batchedtensor(running_statistic):
+        raise RuntimeError(
+            "Batch norm got a batched tensor as input while the running_mean or running_var, "
+            "which will be updated in place, were not batched.\nIf you are using a module and "
+            "do not need eval mode, please set `track_running_stats` to be False.If you are "
+            "using a prebuilt module and do not need eval mode, please see the functorch "
+            "website for resources on how to patch your module to work with vmap"
+        )
 
 
 def check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats) -> None:

@@ -88,7 +88,7 @@ def test_torchscript_cannot_script_but_can_trace():
         torch.jit.script(bt.BatchNorm2d(3))
     module = bt.BatchNorm2d(3).eval()
     x = torch.randn(2, 3, 4, 4)
-    with pytest.warns(torch.jit.TracerWarning):
+    with pytest.warns(torch.jit.TracerWarning):  # the shape checks hold for this shape only
         traced = torch.jit.trace(module, (x,))
     assert_close(traced(x * 2), nn.BatchNorm2d(3).eval()(x * 2))
 

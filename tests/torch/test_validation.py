@@ -22,6 +22,7 @@ X = torch.randn(4, 3)
 X3 = torch.randn(2, 3, 4)
 LONG = torch.ones(2, 3, dtype=torch.long)
 COMPLEX = torch.ones(2, 3, dtype=torch.complex64)
+BATCHES = torch.randn(2, 4, 3, 2, 2)  # two (N, C, H, W) batches, for vmap
 
 # name -> call(lib): one call in torch.nn's API, with lib.F the functional and lib.nn the modules.
 CALLS = {
@@ -89,6 +90,10 @@ CALLS = {
     "SyncBatchNorm, no channels": lambda lib: lib.nn.SyncBatchNorm(0)(torch.randn(2, 0, 3)),
     "LazyBatchNorm2d, 3-d input": lambda lib: lib.nn.LazyBatchNorm2d()(X3),
     "GroupNorm, channels not divisible": lambda lib: lib.nn.GroupNorm(4, 6),
+    "vmap of a training BatchNorm2d with unbatched running stats": lambda lib: torch.func.vmap(
+        lib.nn.BatchNorm2d(3))(BATCHES),
+    "vmap of a training BatchNorm2d without running stats": lambda lib: torch.func.vmap(
+        lib.nn.BatchNorm2d(3, track_running_stats=False))(BATCHES),
 }
 
 
