@@ -199,7 +199,7 @@ print("ok")
 
 @pytest.mark.skipif(find_spec("bnlib.torch._triton") is None, reason="no triton backend")
 @pytest.mark.skipif(torch.cuda.is_available(),
-                    reason="with a GPU the compiled kernels are tested instead (tests/torch/kernels)")
+                    reason="with a GPU the compiled kernels are tested (tests/torch/kernels)")
 def test_triton_backend_plugs_in_under_the_interpreter():
     """The Triton backend honours the backend contract (run on CPU by Triton's interpreter)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
