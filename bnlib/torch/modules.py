@@ -48,12 +48,12 @@ def count_training_batch(input, num_batches_tracked: torch.Tensor, momentum) -> 
 
 
 class _BnlibBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """torch.nn's batch norm with bnlib's ``forward``. ``input_dims``: the ranks accepted."""
+    """torch.nn's batch norm with bnlib's ``forward``. ``_input_dims``: the ranks accepted."""
 
-    input_dims: tuple[int, ...] = ()
+    _input_dims: tuple[int, ...] = ()
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        validation.check_input_dims(input, self.input_dims)
+        validation.check_input_dims(input, self._input_dims)
 
     def _count_batch(self, input: torch.Tensor) -> float:
         """Count a training batch; return the momentum of this step's running update."""
@@ -86,26 +86,26 @@ class _BnlibBatchNorm(nn.modules.batchnorm._BatchNorm):
 class BatchNorm1d(_BnlibBatchNorm, nn.BatchNorm1d):
     """Batch norm over ``(N, C)`` or ``(N, C, L)`` input (``torch.nn.BatchNorm1d``)."""
 
-    input_dims = (2, 3)
+    _input_dims = (2, 3)
 
 
 class BatchNorm2d(_BnlibBatchNorm, nn.BatchNorm2d):
     """Batch norm over ``(N, C, H, W)`` input (``torch.nn.BatchNorm2d``)."""
 
-    input_dims = (4,)
+    _input_dims = (4,)
 
 
 class BatchNorm3d(_BnlibBatchNorm, nn.BatchNorm3d):
     """Batch norm over ``(N, C, D, H, W)`` input (``torch.nn.BatchNorm3d``)."""
 
-    input_dims = (5,)
+    _input_dims = (5,)
 
 
 class LazyBatchNorm1d(_BnlibBatchNorm, nn.LazyBatchNorm1d):
     """:class:`BatchNorm1d` whose ``num_features`` is read from the first input
     (``torch.nn.LazyBatchNorm1d``); it then becomes a :class:`BatchNorm1d`."""
 
-    input_dims = (2, 3)
+    _input_dims = (2, 3)
     cls_to_become = BatchNorm1d
 
 
@@ -113,7 +113,7 @@ class LazyBatchNorm2d(_BnlibBatchNorm, nn.LazyBatchNorm2d):
     """:class:`BatchNorm2d` whose ``num_features`` is read from the first input
     (``torch.nn.LazyBatchNorm2d``); it then becomes a :class:`BatchNorm2d`."""
 
-    input_dims = (4,)
+    _input_dims = (4,)
     cls_to_become = BatchNorm2d
 
 
@@ -121,7 +121,7 @@ class LazyBatchNorm3d(_BnlibBatchNorm, nn.LazyBatchNorm3d):
     """:class:`BatchNorm3d` whose ``num_features`` is read from the first input
     (``torch.nn.LazyBatchNorm3d``); it then becomes a :class:`BatchNorm3d`."""
 
-    input_dims = (5,)
+    _input_dims = (5,)
     cls_to_become = BatchNorm3d
 
 
