@@ -189,6 +189,17 @@ def test_zoo_torch_compile_fullgraph(twins):
         assert_close(_step(compiled), _step(reference))
 
 
+def test_torch_compile_fullgraph_with_a_cumulative_average():
+    """momentum=None reads the batch counter as a number; the graph still has no break."""
+    ours = torch.compile(bt.BatchNorm2d(3, momentum=None), fullgraph=True, backend="aot_eager")
+    theirs = nn.BatchNorm2d(3, momentum=None)
+    for step in range(2):
+        x = torch.randn(4, 3, 2, 2) * (step + 1)
+        assert_close(ours(x), theirs(x))
+    assert_close(ours.running_var, theirs.running_var)
+    assert ours.num_batches_tracked.item() == 2
+
+
 def test_zoo_torch_export(twins):
     ours, theirs = twins
     for training in (False, True):
