@@ -1,55 +1,43 @@
-"""PyTorch normalisation layers with bnlib's own maths, drop-in compatible with ``torch.nn``.
+"""PyTorch normalization layers with bnlib's own maths, drop-in compatible with ``torch.nn``.
 
-Functions (``torch.nn.functional`` signatures): :func:`batch_norm`, :func:`layer_norm`,
-:func:`group_norm`, :func:`rms_norm`. Modules (``torch.nn`` signatures, parameter and buffer
-names, ``state_dict`` keys, ``repr`` and errors): :class:`BatchNorm1d`, :class:`BatchNorm2d`,
-:class:`BatchNorm3d`, :class:`LayerNorm`, :class:`GroupNorm`, :class:`RMSNorm`.
+Functions (``torch.nn.functional`` signatures): :func:`batch_norm`, :func:`instance_norm`,
+:func:`layer_norm`, :func:`group_norm`, :func:`rms_norm`. Modules, subclasses of their
+``torch.nn`` namesakes that replace only ``forward``: :class:`BatchNorm1d`, :class:`BatchNorm2d`,
+:class:`BatchNorm3d`, :class:`SyncBatchNorm`, :class:`InstanceNorm1d`, :class:`InstanceNorm2d`,
+:class:`InstanceNorm3d`, :class:`LayerNorm`, :class:`GroupNorm`, :class:`RMSNorm` and the lazy
+:class:`LazyBatchNorm1d`, :class:`LazyBatchNorm2d`, :class:`LazyBatchNorm3d`,
+:class:`LazyInstanceNorm1d`, :class:`LazyInstanceNorm2d`, :class:`LazyInstanceNorm3d`.
 
-Every op is a ``torch.autograd.Function`` with a closed-form backward; batch and layer norm
-run fused Triton kernels on CUDA when available (:func:`backend_name`, :func:`set_backend`),
-group and RMS norm use composite torch ops everywhere. None of them calls torch's own
-normalisation kernels.
+Every op is a ``torch.autograd.Function`` with a closed-form backward, a forward-mode ``jvp``
+and a ``vmap`` rule (so ``torch.func`` and ``torch.autograd.forward_ad`` work); batch and layer
+norm run fused Triton kernels on CUDA when available (:func:`backend_name`,
+:func:`set_backend`), the others use composite torch ops everywhere. None of them calls torch's
+own normalization kernels. Argument checks live in :mod:`bnlib.torch.validation`, shared
+helpers in :mod:`bnlib.torch.helpers`.
 
 Deliberate differences from torch 2.13 (each pinned by a test in ``tests/torch``):
 
 * Better float32 statistics: two-pass, shifted by one sample of the channel, so a float32
-  channel with mean 1e3 and std 0.1 is normalised within 5e-4 of float64 maths (torch: ~1e-3).
-* ``batch_norm`` on input with fewer than 2 dims raises a ``ValueError`` naming the rank.
-* ``layer_norm`` accepts an int ``normalized_shape``.
+  channel with mean 1e3 and std 0.1 is normalized within 5e-4 of float64 maths (torch: ~1e-3).
+* ``batch_norm`` on non-empty input with fewer than 2 dims raises a ``ValueError`` naming the
+  rank.
+* ``layer_norm`` and ``rms_norm`` accept an int ``normalized_shape``.
 * torch's CPU dtype rules and ``mixed dtype (CPU)`` messages apply on every device.
+* TorchScript cannot script the modules (``torch.jit.script`` does not compile a custom
+  ``autograd.Function``); ``torch.jit.trace``, ``torch.compile`` and ``torch.export`` work.
 """
 
+from bnlib.torch import functional, modules
 from bnlib.torch._dispatch import backend_name, get_backend, set_backend
-from bnlib.torch.functional import batch_norm, group_norm, layer_norm, rms_norm
-from bnlib.torch.modules import (
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    GroupNorm,
-    LayerNorm,
-    RMSNorm,
-)
+from bnlib.torch.functional import *  # noqa: F403 - the ops named in functional.__all__
+from bnlib.torch.modules import *  # noqa: F403 - the modules named in modules.__all__
+from bnlib.torch.sync import SyncBatchNorm
 
 __all__ = [
-    "BatchNorm1d",
-    "BatchNorm2d",
-    "BatchNorm3d",
-    "GroupNorm",
-    "LayerNorm",
-    "RMSNorm",
+    *functional.__all__,
+    *modules.__all__,
+    "SyncBatchNorm",
     "backend_name",
-    "batch_norm",
     "get_backend",
-    "group_norm",
-    "layer_norm",
-    "rms_norm",
     "set_backend",
 ]
-
-try:  # SyncBatchNorm lives in its own module, built on the layers above
-    from bnlib.torch.sync import SyncBatchNorm  # noqa: F401
-
-    __all__.append("SyncBatchNorm")
-except ModuleNotFoundError as error:
-    if error.name != "bnlib.torch.sync":
-        raise

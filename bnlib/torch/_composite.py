@@ -7,7 +7,7 @@ This is the reference backend that runs on every device and dtype. A fused backe
 Conventions shared by both backends
 
 * Statistics are accumulated in ``float32`` for ``float16``/``bfloat16`` input, in the input's
-  dtype otherwise (``float32`` or ``float64``): :func:`accumulation_dtype`.
+  dtype otherwise (``float32`` or ``float64``): :func:`bnlib.torch.helpers.accumulation_dtype`.
 * Variances are *biased* (divide by ``M``); callers derive the unbiased one themselves.
 * Batch statistics are two-pass and shifted: ``d = x - x_ref`` with ``x_ref`` one sample of the
   channel, then ``mean(d)`` and ``mean((d - mean(d))**2)``. Subtracting a sample first keeps the
@@ -20,47 +20,19 @@ from functools import partial
 
 import torch
 
+from bnlib.torch.helpers import accumulation_dtype, channel_view, in_layout_of, reduction_axes
+
 __all__ = [
-    "accumulation_dtype",
     "bn_backward_train",
     "bn_forward_eval",
     "bn_forward_train",
+    "gn_backward",
+    "gn_forward",
     "ln_backward",
     "ln_forward",
-    "memory_format_of",
+    "rms_backward",
+    "rms_forward",
 ]
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype in which statistics of a ``dtype`` tensor are computed (float32 or float64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """``torch.channels_last(_3d)`` when ``x`` is laid out that way, else contiguous_format."""
-    if (
-        x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
-    ):
-        return torch.channels_last
-    if (
-        x.dim() == 5
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last_3d)
-    ):
-        return torch.channels_last_3d
-    return torch.contiguous_format
-
-
-def _channel_view(vector: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(C,)`` -> ``(1, C, 1, ...)``, broadcastable over ``(N, C, *spatial)``."""
-    return vector.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    """Every axis except the channel axis 1."""
-    return [0] + list(range(2, x.dim()))
 
 
 def _affine(xhat, weight, bias, view=None) -> torch.Tensor:
@@ -97,8 +69,8 @@ def bn_forward_train(x, weight, bias, eps):
     """
     acc = accumulation_dtype(x.dtype)
     xf = x.to(acc)
-    dims = _reduce_dims(x)
-    view = partial(_channel_view, ndim=x.dim())
+    dims = reduction_axes(x)
+    view = partial(channel_view, ndim=x.dim())
     if x.numel() == 0:
         nan = torch.full((x.shape[1],), float("nan"), dtype=acc, device=x.device)
         return torch.empty_like(x), nan, nan.clone()
@@ -106,7 +78,7 @@ def bn_forward_train(x, weight, bias, eps):
     centred, mean, var = _shifted_stats(xf, dims, view(first_sample))
     xhat = centred * torch.rsqrt(var + eps)
     y = _affine(xhat, weight, bias, view).to(x.dtype)
-    return y.contiguous(memory_format=memory_format_of(x)), mean.flatten(), var.flatten()
+    return in_layout_of(y, x), mean.flatten(), var.flatten()
 
 
 def bn_backward_train(dy, x, weight, mean, invstd):
@@ -123,18 +95,16 @@ def bn_backward_train(dy, x, weight, mean, invstd):
     in float32/float64.
     """
     acc = mean.dtype
-    dims = _reduce_dims(x)
-    view = partial(_channel_view, ndim=x.dim())
-    count = x.numel() // x.shape[1] if x.shape[1] else 0
+    dims = reduction_axes(x)
+    view = partial(channel_view, ndim=x.dim())
+    count = x.numel() // x.shape[1] if x.shape[1] else 0  # 0 for empty input: dx is empty
     dyf = dy.to(acc)
     xhat = (x.to(acc) - view(mean)) * view(invstd)
     dbias = dyf.sum(dim=dims)
     dweight = (dyf * xhat).sum(dim=dims)
-    if count == 0:
-        return torch.zeros_like(x), dweight, dbias
     scale = invstd if weight is None else invstd * weight.to(acc)
     dx = view(scale) * (dyf - view(dbias / count) - xhat * view(dweight / count))
-    return dx.to(x.dtype).contiguous(memory_format=memory_format_of(x)), dweight, dbias
+    return in_layout_of(dx.to(x.dtype), x), dweight, dbias
 
 
 def bn_forward_eval(x, running_mean, running_var, weight, bias, eps):
@@ -144,11 +114,11 @@ def bn_forward_eval(x, running_mean, running_var, weight, bias, eps):
     Returns ``y`` in x's dtype and memory format.
     """
     acc = accumulation_dtype(x.dtype)
-    view = partial(_channel_view, ndim=x.dim())
+    view = partial(channel_view, ndim=x.dim())
     invstd = torch.rsqrt(running_var.to(acc) + eps)
     xhat = (x.to(acc) - view(running_mean.to(acc))) * view(invstd)
     y = _affine(xhat, weight, bias, view).to(x.dtype)
-    return y.contiguous(memory_format=memory_format_of(x))
+    return in_layout_of(y, x)
 
 
 def ln_forward(x, weight, bias, eps):
@@ -187,8 +157,6 @@ def ln_backward(dy, x, weight, mean, rstd):
     dweight = None if weight is None else (dyf * xhat).sum(dim=0)
     dbias = dyf.sum(dim=0)
     g = dyf if weight is None else dyf * weight.to(acc)
-    if x.numel() == 0:
-        return torch.zeros_like(x), dweight, dbias
     dx = rstd[:, None] * (
         g - g.mean(dim=1, keepdim=True) - xhat * (g * xhat).mean(dim=1, keepdim=True)
     )
@@ -216,8 +184,8 @@ def gn_forward(x, num_groups, weight, bias, eps):
     centred, mean, var = _shifted_stats(rows, [1], rows[:, :1])
     rstd = torch.rsqrt(var + eps)
     xhat = (centred * rstd).reshape(batch, channels, spatial)
-    y = _affine(xhat, weight, bias, partial(_channel_view, ndim=3)).to(x.dtype).reshape(x.shape)
-    return y.contiguous(memory_format=memory_format_of(x)), mean.flatten(), rstd.flatten()
+    y = _affine(xhat, weight, bias, partial(channel_view, ndim=3)).to(x.dtype).reshape(x.shape)
+    return in_layout_of(y, x), mean.flatten(), rstd.flatten()
 
 
 def gn_backward(dy, x, num_groups, weight, mean, rstd):
@@ -232,8 +200,6 @@ def gn_backward(dy, x, num_groups, weight, mean, rstd):
     xhat = xhat_rows.reshape(batch, channels, spatial)
     dweight = (dyf * xhat).sum(dim=(0, 2))
     dbias = dyf.sum(dim=(0, 2))
-    if x.numel() == 0:
-        return torch.zeros_like(x), dweight, dbias
     g = dyf if weight is None else dyf * weight.to(acc).reshape(1, -1, 1)
     g_rows = g.reshape(rows_shape)
     dx = rstd[:, None] * (
@@ -242,32 +208,34 @@ def gn_backward(dy, x, num_groups, weight, mean, rstd):
         - xhat_rows * (g_rows * xhat_rows).mean(dim=1, keepdim=True)
     )
     dx = dx.to(x.dtype).reshape(x.shape)
-    return dx.contiguous(memory_format=memory_format_of(x)), dweight, dbias
+    return in_layout_of(dx, x), dweight, dbias
 
 
 def rms_forward(x, weight, eps):
     """Row-wise RMS-norm forward: ``y = x / sqrt(mean(x**2) + eps) * weight``.
 
-    x: ``(M, K)`` contiguous rows; weight: ``(K,)`` or None; eps: a float (the caller resolves
-    ``None``). Returns ``y`` in x's dtype and ``rstd`` ``(M,)`` in float32/float64.
+    x: ``(M, K)`` contiguous rows, real or complex (``x**2``, not ``|x|**2``, as in torch);
+    weight: ``(K,)`` or None; eps: a float (the caller resolves ``None``). Returns ``y`` in x's
+    dtype and ``rstd`` ``(M,)`` in :func:`~bnlib.torch.helpers.accumulation_dtype`.
     """
-    acc = accumulation_dtype(x.dtype)
-    xf = x.to(acc)
+    xf = x.to(accumulation_dtype(x.dtype))
     rstd = torch.rsqrt(xf.square().mean(dim=1) + eps)
     return _affine(xf * rstd[:, None], weight, None).to(x.dtype), rstd
 
 
 def rms_backward(dy, x, weight, rstd):
-    """Closed-form RMS-norm backward. With ``xhat = x * rstd`` and ``g = dy * weight``::
+    """Closed-form RMS-norm backward. With ``xhat = x * rstd`` and ``g = dy * conj(weight)``::
 
-        dx = rstd * (g - xhat * mean_row(g * xhat)),   dweight = sum_rows(dy * xhat)
+        dx = conj(rstd) * (g - conj(xhat) * mean_row(g * conj(xhat))),
+        dweight = sum_rows(dy * conj(xhat))
 
-    Returns ``(dx, dweight)``; dweight is None when weight is None, else float32/64 ``(K,)``.
+    (``y`` is holomorphic in ``x``, so torch's gradient is ``conj(J)^T dy``; ``conj`` is the
+    identity on real tensors.) Returns ``(dx, dweight)``; dweight is None when weight is None.
     """
     acc = rstd.dtype
     dyf = dy.to(acc)
-    xhat = x.to(acc) * rstd[:, None]
-    dweight = None if weight is None else (dyf * xhat).sum(dim=0)
-    g = dyf if weight is None else dyf * weight.to(acc)
-    dx = rstd[:, None] * (g - xhat * (g * xhat).mean(dim=1, keepdim=True))
+    xhat_conj = (x.to(acc) * rstd[:, None]).conj()
+    dweight = None if weight is None else (dyf * xhat_conj).sum(dim=0)
+    g = dyf if weight is None else dyf * weight.to(acc).conj()
+    dx = rstd.conj()[:, None] * (g - xhat_conj * (g * xhat_conj).mean(dim=1, keepdim=True))
     return dx.to(x.dtype), dweight

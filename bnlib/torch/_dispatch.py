@@ -3,7 +3,8 @@
 ``"auto"`` (the default) uses the Triton backend for CUDA tensors when ``bnlib.torch._triton``
 imports and reports ``available()``, the composite backend otherwise. ``"triton"`` forces the
 Triton backend on every device (on CPU this needs ``TRITON_INTERPRET=1``); ``"composite"``
-forces the composite one.
+forces the composite one. Tensors wrapped by a ``torch.func`` transform (the upstream gradient
+of a vmapped backward, for example) always take the composite backend: kernels see raw memory.
 """
 
 import importlib
@@ -12,6 +13,7 @@ from types import ModuleType
 import torch
 
 from bnlib.torch import _composite
+from bnlib.torch.helpers import is_transformed
 
 __all__ = ["BACKENDS", "backend_for", "backend_name", "get_backend", "set_backend"]
 
@@ -61,6 +63,9 @@ def backend_name(tensor: torch.Tensor) -> str:
     return "triton" if tensor.is_cuda and _load_triton() is not None else "composite"
 
 
-def backend_for(tensor: torch.Tensor) -> ModuleType:
-    """The backend module (same five functions as ``_composite``) for a call on ``tensor``."""
+def backend_for(tensor: torch.Tensor, *others: torch.Tensor) -> ModuleType:
+    """The backend module (same five functions as ``_composite``) for a call on ``tensor``
+    (and ``others``, the other tensors of the call)."""
+    if any(is_transformed(t) for t in (tensor, *others)):
+        return _composite
     return _triton_module if backend_name(tensor) == "triton" else _composite

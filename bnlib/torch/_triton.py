@@ -21,6 +21,13 @@ import functools
 import torch
 
 from bnlib.torch import _composite
+from bnlib.torch.validation import (
+    check_kernel_dtype,
+    check_kernel_grad_output,
+    check_kernel_input,
+    check_kernel_rows,
+    check_kernel_vector,
+)
 
 try:
     import triton
@@ -38,8 +45,6 @@ __all__ = [
     "ln_backward",
     "ln_forward",
 ]
-
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Bytes of input one reduction program loads per loop step, and one elementwise program
 # handles; one warp per 512 values. The reduction loops are latency-bound: what keeps memory
@@ -90,16 +95,6 @@ def available() -> bool:
 # argument checks and helpers
 
 
-def _check_tensor(name: str, tensor: torch.Tensor, min_dim: int) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dim() < min_dim:
-        raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape "
-                         f"{tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
-
-
 def _check_device(x: torch.Tensor) -> None:
     if triton is None:
         raise RuntimeError("the Triton backend needs the triton package")
@@ -113,23 +108,11 @@ def _check_device(x: torch.Tensor) -> None:
     )
 
 
-def _check_vector(name: str, vector: torch.Tensor | None, length: int, x: torch.Tensor) -> None:
-    if vector is None:
-        return
-    if not isinstance(vector, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(vector).__name__}")
-    if vector.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},), got {tuple(vector.shape)}")
-    if vector.device != x.device:
-        raise ValueError(f"{name} is on {vector.device} but the input is on {x.device}")
-
-
 def _uses_kernels(x: torch.Tensor) -> bool:
     """False for inputs handed to the composite backend: float64 and empty tensors."""
+    check_kernel_dtype(x)
     if x.dtype == torch.float64 or x.numel() == 0:
         return False
-    if x.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"expected a float16, bfloat16, float32 or float64 input, got {x.dtype}")
     _check_device(x)
     return True
 
@@ -280,10 +263,11 @@ def _combine_plan(C: int, splits: int) -> dict:
     return dict(grid=(_cdiv(C, block_c),), BLOCK_P=block_p, BLOCK_C=block_c)
 
 
-def _check_bn_input(x: torch.Tensor, weight, bias) -> None:
-    _check_tensor("input", x, 2)
-    _check_vector("weight", weight, x.shape[1], x)
-    _check_vector("bias", bias, x.shape[1], x)
+def _check_bn_input(x: torch.Tensor, **vectors) -> None:
+    """A ``(N, C, *spatial)`` input and ``(C,)`` vectors (or None) named by keyword."""
+    check_kernel_input("input", x, 2)
+    for name, vector in vectors.items():
+        check_kernel_vector(name, vector, x.shape[1], x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +282,7 @@ def bn_forward_train(x, weight, bias, eps):
     Returns ``y`` (x's dtype and memory format) and the biased per-channel ``mean``, ``var``
     ``(C,)`` float32, with ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
     """
-    _check_bn_input(x, weight, bias)
+    _check_bn_input(x, weight=weight, bias=bias)
     if not _uses_kernels(x):
         return _composite.bn_forward_train(x, weight, bias, eps)
     x = _dense(x)
@@ -372,13 +356,8 @@ def bn_backward_train(dy, x, weight, mean, invstd):
     Returns ``(dx, dweight, dbias)``: dx in x's dtype and memory format, dweight and dbias
     float32 ``(C,)`` (both always computed; weight None means weight 1).
     """
-    _check_tensor("grad_output", dy, 2)
-    _check_bn_input(x, weight, None)
-    if dy.shape != x.shape:
-        raise ValueError(f"grad_output shape {tuple(dy.shape)} differs from input shape "
-                         f"{tuple(x.shape)}")
-    _check_vector("mean", mean, x.shape[1], x)
-    _check_vector("invstd", invstd, x.shape[1], x)
+    check_kernel_grad_output(dy, x)
+    _check_bn_input(x, weight=weight, mean=mean, invstd=invstd)
     if not _uses_kernels(x):
         return _composite.bn_backward_train(dy, x, weight, mean, invstd)
     x = _dense(x)
@@ -421,9 +400,8 @@ def bn_forward_eval(x, running_mean, running_var, weight, bias, eps):
     x: ``(N, C, *spatial)``; running_mean, running_var: ``(C,)`` (any float dtype);
     weight, bias: ``(C,)`` or None. Returns ``y`` in x's dtype and memory format. One pass.
     """
-    _check_bn_input(x, weight, bias)
-    _check_vector("running_mean", running_mean, x.shape[1], x)
-    _check_vector("running_var", running_var, x.shape[1], x)
+    _check_bn_input(x, weight=weight, bias=bias, running_mean=running_mean,
+                    running_var=running_var)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required in inference mode")
     if not _uses_kernels(x):
@@ -440,11 +418,9 @@ def bn_forward_eval(x, running_mean, running_var, weight, bias, eps):
 
 
 def _check_ln_input(x: torch.Tensor, weight, bias) -> None:
-    _check_tensor("input", x, 2)
-    if x.dim() != 2:
-        raise ValueError(f"input must be a 2-d (rows, hidden) tensor, got shape {tuple(x.shape)}")
-    _check_vector("weight", weight, x.shape[1], x)
-    _check_vector("bias", bias, x.shape[1], x)
+    check_kernel_rows(x)
+    check_kernel_vector("weight", weight, x.shape[1], x)
+    check_kernel_vector("bias", bias, x.shape[1], x)
 
 
 @functools.lru_cache(maxsize=256)
@@ -501,13 +477,10 @@ def ln_backward(dy, x, weight, mean, rstd):
     Returns ``(dx, dweight, dbias)``: dx in x's dtype, dweight/dbias float32 ``(K,)``;
     dweight is None when weight is None (dbias is always returned).
     """
-    _check_tensor("grad_output", dy, 2)
+    check_kernel_grad_output(dy, x)
     _check_ln_input(x, weight, None)
-    if dy.shape != x.shape:
-        raise ValueError(f"grad_output shape {tuple(dy.shape)} differs from input shape "
-                         f"{tuple(x.shape)}")
-    _check_vector("mean", mean, x.shape[0], x)
-    _check_vector("rstd", rstd, x.shape[0], x)
+    check_kernel_vector("mean", mean, x.shape[0], x)
+    check_kernel_vector("rstd", rstd, x.shape[0], x)
     if not _uses_kernels(x):
         return _composite.ln_backward(dy, x, weight, mean, rstd)
     x, dy = x.contiguous(), dy.contiguous()

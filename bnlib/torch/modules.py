@@ -1,155 +1,75 @@
-"""Normalisation modules, drop-in replacements for their ``torch.nn`` namesakes.
+"""Normalization modules: torch.nn's own classes, computing with bnlib.
 
-Same constructor arguments, parameter and buffer names, ``state_dict`` keys (``load_state_dict``
-works both ways with ``torch.nn``), ``repr``, ``reset_parameters``/``reset_running_stats`` and
-errors; the forward maths is ``bnlib.torch.functional``.
-
-``repr`` follows the installed torch: torch 2.13 prints ``bias=...`` for BatchNorm, LayerNorm
-and GroupNorm, torch 2.11 does not. The ``bias`` keyword (BatchNorm, GroupNorm: keyword-only,
-as in torch 2.13) is accepted on every version.
+Each class subclasses its ``torch.nn`` namesake (``bnlib.torch.BatchNorm2d`` is an
+``nn.BatchNorm2d``, the lazy ones are ``nn.LazyBatchNorm2d``...) and replaces only ``forward``,
+as ``nn.SyncBatchNorm`` does: constructor arguments, parameters, buffers, ``state_dict`` keys
+and version upgrades, ``repr``, ``reset_parameters`` and every ``isinstance`` check are
+torch's own. ``forward`` calls :mod:`bnlib.torch.functional`, and does its shape checks with
+:mod:`bnlib.torch.validation`, whose functions ``torch.fx.symbolic_trace`` records as nodes
+(torch's own ``forward`` branches on the input's rank, which fx cannot trace through).
 """
 
 import torch
 from torch import nn
 
 from bnlib.torch import functional as F
-from bnlib.torch.functional import _as_shape
+from bnlib.torch import validation
+from bnlib.torch.helpers import overridable
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm", "RMSNorm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
+    "RMSNorm",
+]
 
 
-def _torch_repr_shows_bias(torch_module: nn.Module) -> bool:
-    """Whether the installed torch prints ``bias=...`` in this layer's repr (2.13 does)."""
-    return "bias=" in torch_module.extra_repr()
+@overridable
+def count_training_batch(input, num_batches_tracked: torch.Tensor, momentum) -> float:
+    """Add one to ``num_batches_tracked``; return the momentum of this step's running update:
+    ``momentum``, or ``1 / batches seen`` (a cumulative average) when it is None.
 
-
-_BATCHNORM_REPR_SHOWS_BIAS = _torch_repr_shows_bias(nn.BatchNorm1d(1))
-_LAYERNORM_REPR_SHOWS_BIAS = _torch_repr_shows_bias(nn.LayerNorm(1))
-_GROUPNORM_REPR_SHOWS_BIAS = _torch_repr_shows_bias(nn.GroupNorm(1, 1))
-
-
-def _register_affine(module: nn.Module, shape, weight: bool, bias: bool | None,
-                     factory_kwargs) -> None:
-    """Register ``weight`` and ``bias`` of ``shape`` as torch.nn does: absent ones are None.
-
-    ``bias=None`` registers no ``bias`` at all (RMSNorm has none).
+    ``input`` is unused but passed, so that tracers (fx) see the call and record the update
+    in the graph, where it runs once per batch; a buffer alone would be updated at trace time.
     """
-    wanted = {"weight": weight} if bias is None else {"weight": weight, "bias": weight and bias}
-    for name, present in wanted.items():
-        if present:
-            module.register_parameter(name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
-        else:
-            module.register_parameter(name, None)
+    num_batches_tracked.add_(1)
+    return 1.0 / float(num_batches_tracked) if momentum is None else momentum
 
 
-def _reset_affine(module: nn.Module) -> None:
-    """weight = 1 and bias = 0, where they exist."""
-    if module.weight is not None:
-        nn.init.ones_(module.weight)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
+class _BnlibBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """torch.nn's batch norm with bnlib's ``forward``. ``_input_dims``: the ranks accepted."""
 
-
-class _NormBase(nn.Module):
-    """Parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
-    ``num_batches_tracked``) of the batch-norm layers, laid out as in ``torch.nn``."""
-
-    _version = 2  # state_dict version 2 added num_batches_tracked, as in torch.nn
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        _register_affine(self, num_features, affine, bias, factory_kwargs)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(num_features, **factory_kwargs))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, weight = 1 and bias = 0."""
-        self.reset_running_stats()
-        _reset_affine(self)
-
-    def extra_repr(self) -> str:
-        text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-        text += f"affine={self.affine}, "
-        if _BATCHNORM_REPR_SHOWS_BIAS:
-            text += f"bias={self.bias is not None}, "
-        return text + f"track_running_stats={self.track_running_stats}"
-
-    def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-    ) -> None:
-        # Checkpoints older than version 2 have no num_batches_tracked: count from 0.
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats:
-            if key not in state_dict:
-                state_dict[key] = (
-                    self.num_batches_tracked
-                    if self.num_batches_tracked is not None
-                    and self.num_batches_tracked.device != torch.device("meta")
-                    else torch.tensor(0, dtype=torch.long)
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
-        )
-
-
-class _BatchNorm(_NormBase):
-    """Batch norm over ``(N, C, *spatial)``: batch statistics in training (and whenever the
-    running buffers are None), running statistics in eval."""
+    _input_dims: tuple[int, ...] = ()
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        raise NotImplementedError
+        validation.check_input_dims(input, self._input_dims)
 
-    def _average_factor(self) -> float:
-        """Momentum of this step's running update; counts the batch when tracking."""
-        if not (self.training and self.track_running_stats):
-            return 0.0 if self.momentum is None else self.momentum
-        if self.num_batches_tracked is None:  # tracking switched on after construction
-            return 0.0 if self.momentum is None else self.momentum
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average
-            return 1.0 / float(self.num_batches_tracked)
-        return self.momentum
+    def _count_batch(self, input: torch.Tensor) -> float:
+        """Count a training batch; return the momentum of this step's running update."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            return count_training_batch(input, self.num_batches_tracked, self.momentum)
+        return 0.0 if self.momentum is None else self.momentum
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """input ``(N, C, *spatial)`` -> output of the same shape, dtype and memory format."""
+        """input ``(N, C, *spatial)`` -> output of the same shape, dtype and memory format.
+
+        Batch statistics in training and whenever the running buffers are None; the buffers
+        are passed when they are updated (training and tracking) or used (eval).
+        """
         self._check_input_dim(input)
-        momentum = self._average_factor()
+        momentum = self._count_batch(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        # Buffers are passed when they are updated (training and tracking) or used (eval).
         pass_buffers = not self.training or self.track_running_stats
         return F.batch_norm(
             input,
@@ -163,140 +83,132 @@ class _BatchNorm(_NormBase):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BnlibBatchNorm, nn.BatchNorm1d):
     """Batch norm over ``(N, C)`` or ``(N, C, L)`` input (``torch.nn.BatchNorm1d``)."""
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() != 2 and input.dim() != 3:
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+    _input_dims = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BnlibBatchNorm, nn.BatchNorm2d):
     """Batch norm over ``(N, C, H, W)`` input (``torch.nn.BatchNorm2d``)."""
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    _input_dims = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BnlibBatchNorm, nn.BatchNorm3d):
     """Batch norm over ``(N, C, D, H, W)`` input (``torch.nn.BatchNorm3d``)."""
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() != 5:
-            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+    _input_dims = (5,)
 
 
-class LayerNorm(nn.Module):
-    """Layer norm over the trailing ``normalized_shape`` dims (``torch.nn.LayerNorm``).
+class LazyBatchNorm1d(_BnlibBatchNorm, nn.LazyBatchNorm1d):
+    """:class:`BatchNorm1d` whose ``num_features`` is read from the first input
+    (``torch.nn.LazyBatchNorm1d``); it then becomes a :class:`BatchNorm1d`."""
 
-    Parameters ``weight`` and ``bias`` of shape ``normalized_shape`` (absent when
-    ``elementwise_affine=False``; no ``bias`` when ``bias=False``).
-    """
+    _input_dims = (2, 3)
+    cls_to_become = BatchNorm1d
 
-    def __init__(
-        self,
-        normalized_shape,
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        _register_affine(self, self.normalized_shape, elementwise_affine, bias, factory_kwargs)
-        self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0."""
-        _reset_affine(self)
+class LazyBatchNorm2d(_BnlibBatchNorm, nn.LazyBatchNorm2d):
+    """:class:`BatchNorm2d` whose ``num_features`` is read from the first input
+    (``torch.nn.LazyBatchNorm2d``); it then becomes a :class:`BatchNorm2d`."""
+
+    _input_dims = (4,)
+    cls_to_become = BatchNorm2d
+
+
+class LazyBatchNorm3d(_BnlibBatchNorm, nn.LazyBatchNorm3d):
+    """:class:`BatchNorm3d` whose ``num_features`` is read from the first input
+    (``torch.nn.LazyBatchNorm3d``); it then becomes a :class:`BatchNorm3d`."""
+
+    _input_dims = (5,)
+    cls_to_become = BatchNorm3d
+
+
+@overridable
+def _instance_norm_of_batch_or_sample(input, no_batch_dim: int, *args):
+    """``F.instance_norm(input, *args)``; a single sample given without its batch axis (rank
+    ``no_batch_dim``, which torch's modules accept) is normalized as a batch of one."""
+    if input.dim() == no_batch_dim:
+        return F.instance_norm(input.unsqueeze(0), *args).squeeze(0)
+    return F.instance_norm(input, *args)
+
+
+class _BnlibInstanceNorm(nn.modules.instancenorm._InstanceNorm):
+    """torch.nn's instance norm with bnlib's ``forward``."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input ``(N, C, *spatial)`` or ``(C, *spatial)`` -> output of the same shape.
+
+        Statistics of each (sample, channel) in training or without running statistics,
+        the running statistics otherwise.
+        """
+        no_batch_dim = self._get_no_batch_dim()
+        validation.check_instance_norm_module(input, no_batch_dim, self.num_features, self.affine)
+        return _instance_norm_of_batch_or_sample(
+            input,
+            no_batch_dim,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+        )
+
+
+class InstanceNorm1d(_BnlibInstanceNorm, nn.InstanceNorm1d):
+    """Instance norm of ``(N, C, L)`` or ``(C, L)`` input (``torch.nn.InstanceNorm1d``)."""
+
+
+class InstanceNorm2d(_BnlibInstanceNorm, nn.InstanceNorm2d):
+    """Instance norm of ``(N, C, H, W)`` or ``(C, H, W)`` input (``torch.nn.InstanceNorm2d``)."""
+
+
+class InstanceNorm3d(_BnlibInstanceNorm, nn.InstanceNorm3d):
+    """Instance norm of ``(N, C, D, H, W)`` or ``(C, D, H, W)`` input
+    (``torch.nn.InstanceNorm3d``)."""
+
+
+class LazyInstanceNorm1d(_BnlibInstanceNorm, nn.LazyInstanceNorm1d):
+    """:class:`InstanceNorm1d` whose ``num_features`` is read from the first input."""
+
+    cls_to_become = InstanceNorm1d
+
+
+class LazyInstanceNorm2d(_BnlibInstanceNorm, nn.LazyInstanceNorm2d):
+    """:class:`InstanceNorm2d` whose ``num_features`` is read from the first input."""
+
+    cls_to_become = InstanceNorm2d
+
+
+class LazyInstanceNorm3d(_BnlibInstanceNorm, nn.LazyInstanceNorm3d):
+    """:class:`InstanceNorm3d` whose ``num_features`` is read from the first input."""
+
+    cls_to_become = InstanceNorm3d
+
+
+class LayerNorm(nn.LayerNorm):
+    """Layer norm over the trailing ``normalized_shape`` dims (``torch.nn.LayerNorm``)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input ``(*, *normalized_shape)`` -> contiguous output of the same shape."""
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        text = (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-        )
-        if _LAYERNORM_REPR_SHOWS_BIAS:
-            text += f", bias={self.bias is not None}"
-        return text
 
-
-class GroupNorm(nn.Module):
+class GroupNorm(nn.GroupNorm):
     """Group norm of ``(N, C, *spatial)`` input in ``num_groups`` groups of channels
-    (``torch.nn.GroupNorm``); per-channel ``weight`` and ``bias`` of shape ``(C,)``."""
-
-    def __init__(
-        self,
-        num_groups: int,
-        num_channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        device=None,
-        dtype=None,
-        *,
-        bias: bool = True,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        if num_channels % num_groups != 0:
-            raise ValueError(
-                f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
-            )
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        _register_affine(self, num_channels, affine, bias, factory_kwargs)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0."""
-        _reset_affine(self)
+    (``torch.nn.GroupNorm``)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input ``(N, C, *spatial)`` -> output of the same shape and memory format."""
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        text = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
-        if _GROUPNORM_REPR_SHOWS_BIAS:
-            text += f", bias={self.bias is not None}"
-        return text
 
-
-class RMSNorm(nn.Module):
-    """RMS norm over the trailing ``normalized_shape`` dims (``torch.nn.RMSNorm``);
-    ``weight`` of shape ``normalized_shape`` unless ``elementwise_affine=False``."""
-
-    def __init__(
-        self,
-        normalized_shape,
-        eps: float | None = None,
-        elementwise_affine: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        _register_affine(self, self.normalized_shape, elementwise_affine, None, factory_kwargs)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1."""
-        _reset_affine(self)
+class RMSNorm(nn.RMSNorm):
+    """RMS norm over the trailing ``normalized_shape`` dims (``torch.nn.RMSNorm``)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input ``(*, *normalized_shape)`` -> output of the same shape and memory format."""
         return F.rms_norm(input, self.normalized_shape, self.weight, self.eps)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-        )

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from bnlib.torch._composite import _channel_view as channel_view
-from bnlib.torch._composite import _reduce_dims as reduce_dims
-from bnlib.torch._composite import accumulation_dtype, memory_format_of
-from bnlib.torch.modules import _BatchNorm
+from bnlib.torch import validation
+from bnlib.torch.helpers import (
+    accumulation_dtype,
+    channel_view,
+    in_layout_of,
+    reduction_axes,
+)
+from bnlib.torch.modules import _BnlibBatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
@@ -32,7 +37,7 @@ __all__ = ["SyncBatchNorm"]
 def local_moments(x: torch.Tensor):
     """This process's per-channel ``(count, mean, M2)`` in the accumulation dtype."""
     values = x.to(accumulation_dtype(x.dtype))
-    dims = reduce_dims(x)
+    dims = reduction_axes(x)
     count = x.numel() // x.shape[1]
     mean = values.mean(dim=dims)
     m2 = (values - channel_view(mean, x.dim())).square().sum(dim=dims)
@@ -86,12 +91,12 @@ class SyncBatchNormFunction(torch.autograd.Function):
             out = out + channel_view(bias.to(mean.dtype), x.dim())
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.total, ctx.group, ctx.has_bias = total, group, bias is not None
-        return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+        return in_layout_of(out.to(x.dtype), x)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, invstd = ctx.saved_tensors
-        dims, ndim = reduce_dims(x), x.dim()
+        dims, ndim = reduction_axes(x), x.dim()
         dy = grad_out.to(mean.dtype)
         xmu = x.to(mean.dtype) - channel_view(mean, ndim)
         local_sums = torch.stack([dy.sum(dim=dims), (dy * xmu).sum(dim=dims)])
@@ -110,26 +115,19 @@ class SyncBatchNormFunction(torch.autograd.Function):
             grad_weight = grad_weight.to(weight.dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.to(weight.dtype if weight is not None else grad_bias.dtype)
-        dx = dx.to(x.dtype).contiguous(memory_format=memory_format_of(x))
+        dx = in_layout_of(dx.to(x.dtype), x)
         return dx, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-class SyncBatchNorm(_BatchNorm):
-    """Batch norm synchronised across a process group (``torch.nn.SyncBatchNorm``).
+class SyncBatchNorm(_BnlibBatchNorm, nn.SyncBatchNorm):
+    """Batch norm synchronised across a process group: ``torch.nn.SyncBatchNorm`` (arguments,
+    buffers, ``state_dict``, ``isinstance``) with bnlib's ``forward``.
 
-    Args: as ``torch.nn.SyncBatchNorm``: num_features, eps, momentum, affine,
-    track_running_stats, process_group (None: the default group), device, dtype.
-    Input: (N, C, *spatial) with at least 2 dims.
+    Input: (N, C, *spatial) with at least 2 dims and one channel.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_group=None, device=None, dtype=None):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.process_group = process_group
-
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+        validation.check_sync_batch_norm_input(input)
 
     def _world_size(self) -> int:
         if not (dist.is_available() and dist.is_initialized()):
@@ -146,7 +144,7 @@ class SyncBatchNorm(_BatchNorm):
             raise RuntimeError(
                 f"running_mean should contain {input.shape[1]} elements not {self.num_features}"
             )
-        momentum = self._average_factor()
+        momentum = self._count_batch(input)
         group = self.process_group or dist.group.WORLD
         running = self.track_running_stats and self.running_mean is not None
         return SyncBatchNormFunction.apply(
@@ -157,25 +155,11 @@ class SyncBatchNorm(_BatchNorm):
 
     @classmethod
     def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None):
-        """Return ``module`` with every batch-norm layer (torch.nn's or bnlib's) replaced by a
-        :class:`SyncBatchNorm` holding the same parameters and buffers."""
-        converted = module
-        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, _BatchNorm)) and not \
-                isinstance(module, cls):
-            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group)
-            if module.affine:
-                with torch.no_grad():
-                    converted.weight = module.weight
-                    converted.bias = module.bias
-            converted.running_mean = module.running_mean
-            converted.running_var = module.running_var
-            converted.num_batches_tracked = module.num_batches_tracked
-            converted.training = module.training
-            if hasattr(module, "qconfig"):
-                converted.qconfig = module.qconfig
-        for name, child in module.named_children():
-            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
-        del module
+        """``module`` with every batch-norm layer (torch.nn's or bnlib's) replaced by a
+        :class:`SyncBatchNorm` sharing its parameters and buffers: torch's conversion, whose
+        new layers are then given this class (they hold exactly the same state)."""
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+        for layer in converted.modules():
+            if type(layer) is nn.SyncBatchNorm:
+                layer.__class__ = cls
         return converted
-

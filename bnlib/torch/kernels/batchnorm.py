@@ -48,6 +48,26 @@ def _moments_from_sums(sum1, sum2, count):
 
 
 @triton.jit
+def _nchw_block(N, S, n_per_split, s_per_split):
+    """The ``(n, s)`` block of NCHW program ``(c, split_n, split_s)``: its ranges
+    ``n_start:n_end`` and ``s_start:s_end``, and its row of the ``(splits, C)`` partials."""
+    split_n = tl.program_id(1)
+    split_s = tl.program_id(2)
+    n_start = split_n * n_per_split
+    s_start = split_s * s_per_split
+    row = split_n * tl.num_programs(2) + split_s
+    n_end = tl.minimum(n_start + n_per_split, N)
+    return n_start, n_end, s_start, tl.minimum(s_start + s_per_split, S), row
+
+
+@triton.jit
+def _nchw_tile(n, s, n_end, s_end, channel, C, S):
+    """Offsets and mask of the tile of samples ``n`` (a column) and positions ``s`` (a row)
+    of one channel of an NCHW ``(N, C, S)`` tensor."""
+    return (n.to(tl.int64) * C + channel) * S + s, (n < n_end) & (s < s_end)
+
+
+@triton.jit
 def bn_stats_nchw_kernel(
     x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
     N, C, S, n_per_split, s_per_split,
@@ -60,34 +80,26 @@ def bn_stats_nchw_kernel(
     ``(splits, C)`` partial buffers.
     """
     channel = tl.program_id(0)
-    split_n = tl.program_id(1)
-    split_s = tl.program_id(2)
-    n_start = split_n * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    s_start = split_s * s_per_split
-    s_end = tl.minimum(s_start + s_per_split, S)
+    n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
     n_offsets = tl.arange(0, BLOCK_N)[:, None]
     s_offsets = tl.arange(0, BLOCK_S)[None, :]
     shift = tl.load(x_ptr + channel.to(tl.int64) * S).to(tl.float32)
-    if split_n + split_s == 0:
+    if row == 0:
         tl.store(shift_ptr + channel, shift)
     # Sums of x - shift: with the shift one sample of the channel they do not cancel, and
     # they cost two FMAs per element where a Welford step costs a division.
     sum1 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     sum2 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
-        n = n0 + n_offsets
-        plane = (n.to(tl.int64) * C + channel) * S
         for s0 in range(s_start, s_end, BLOCK_S):
-            s = s0 + s_offsets
-            mask = (n < n_end) & (s < s_end)
-            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             d = tl.where(mask, x - shift, 0.0)
             sum1 += d
             sum2 += d * d
     count = (tl.maximum(n_end - n_start, 0) * tl.maximum(s_end - s_start, 0)).to(tl.float32)
     mean, m2 = _moments_from_sums(tl.sum(tl.sum(sum1, 1), 0), tl.sum(tl.sum(sum2, 1), 0), count)
-    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    out = row * C + channel
     tl.store(part_mean_ptr + out, mean)
     tl.store(part_m2_ptr + out, m2)
     tl.store(part_count_ptr + out, count)
@@ -228,28 +240,20 @@ def bn_grad_sums_nchw_kernel(
 ):
     """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of one channel over one ``(n, s)`` block."""
     channel = tl.program_id(0)
-    split_n = tl.program_id(1)
-    split_s = tl.program_id(2)
-    n_start = split_n * n_per_split
-    n_end = tl.minimum(n_start + n_per_split, N)
-    s_start = split_s * s_per_split
-    s_end = tl.minimum(s_start + s_per_split, S)
+    n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
     n_offsets = tl.arange(0, BLOCK_N)[:, None]
     s_offsets = tl.arange(0, BLOCK_S)[None, :]
     mean = tl.load(mean_ptr + channel)
     sum_dy = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     sum_dyxmu = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
-        n = n0 + n_offsets
-        plane = (n.to(tl.int64) * C + channel) * S
         for s0 in range(s_start, s_end, BLOCK_S):
-            s = s0 + s_offsets
-            mask = (n < n_end) & (s < s_end)
-            dy = tl.load(dy_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + plane + s, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
+            dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             sum_dy += dy
             sum_dyxmu += dy * (x - mean)
-    out = (split_n * tl.num_programs(2) + split_s) * C + channel
+    out = row * C + channel
     tl.store(part_dy_ptr + out, tl.sum(tl.sum(sum_dy, 1), 0))
     tl.store(part_dyxmu_ptr + out, tl.sum(tl.sum(sum_dyxmu, 1), 0))
 

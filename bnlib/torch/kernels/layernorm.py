@@ -145,6 +145,16 @@ def ln_forward_looped_kernel(
 
 
 @triton.jit
+def _load_x_and_g(dy_ptr, x_ptr, weight_ptr, row_start, cols, mask, HAS_WEIGHT: tl.constexpr):
+    """One chunk of a row as float32: ``x`` and ``g = dy * weight`` (``dy`` without weight)."""
+    x = tl.load(x_ptr + row_start + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + row_start + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_WEIGHT:
+        g *= tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    return x, g
+
+
+@triton.jit
 def ln_input_grad_looped_kernel(
     dy_ptr, x_ptr, weight_ptr, mean_ptr, rstd_ptr, dx_ptr,
     K,
@@ -159,10 +169,7 @@ def ln_input_grad_looped_kernel(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = cols < K
-        x = tl.load(x_ptr + row * K + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + row * K + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_WEIGHT:
-            g *= tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x, g = _load_x_and_g(dy_ptr, x_ptr, weight_ptr, row * K, cols, mask, HAS_WEIGHT)
         sum_g += g
         sum_g_xhat += g * tl.where(mask, (x - mean) * rstd, 0.0)
     mean_g = tl.sum(sum_g, 0) / K
@@ -170,10 +177,7 @@ def ln_input_grad_looped_kernel(
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = cols < K
-        x = tl.load(x_ptr + row * K + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + row * K + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_WEIGHT:
-            g *= tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        x, g = _load_x_and_g(dy_ptr, x_ptr, weight_ptr, row * K, cols, mask, HAS_WEIGHT)
         dx = (g - mean_g - (x - mean) * rstd * mean_g_xhat) * rstd
         tl.store(dx_ptr + row * K + cols, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

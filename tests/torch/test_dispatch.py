@@ -1,5 +1,5 @@
-"""Interoperability with torch.nn (state dicts both ways), independence from torch's own
-normalisation kernels, and the choice of backend."""
+"""The choice of backend, independence from torch's own normalization kernels, and state
+dicts exchanged both ways with torch.nn."""
 
 import os
 import re
@@ -74,7 +74,9 @@ TORCH_NORM_FUNCTIONS = [
     (nn.functional, "layer_norm"),
     (nn.functional, "group_norm"),
     (nn.functional, "rms_norm"),
+    (nn.functional, "instance_norm"),
     (torch, "batch_norm"),
+    (torch, "instance_norm"),
     (torch, "layer_norm"),
     (torch, "group_norm"),
     (torch, "rms_norm"),
@@ -82,7 +84,7 @@ TORCH_NORM_FUNCTIONS = [
     (torch, "native_layer_norm"),
     (torch, "native_group_norm"),
 ]
-TORCH_NORM_OP = re.compile(r"batch_norm|layer_norm|group_norm|rms_norm")
+TORCH_NORM_OP = re.compile(r"batch_norm|layer_norm|group_norm|rms_norm|instance_norm")
 
 
 class _RecordOps(TorchDispatchMode):
@@ -105,6 +107,7 @@ def _exercise_every_op():
         bt.LayerNorm(3)(x),
         bt.GroupNorm(3, 6)(x),
         bt.RMSNorm(3)(x),
+        bt.InstanceNorm1d(6, affine=True, track_running_stats=True)(x),
     ]
     torch.stack(outputs).sum().backward()
     return x.grad
@@ -196,7 +199,7 @@ print("ok")
 
 @pytest.mark.skipif(find_spec("bnlib.torch._triton") is None, reason="no triton backend")
 @pytest.mark.skipif(torch.cuda.is_available(),
-                    reason="with a GPU the compiled kernels are tested instead (tests/triton)")
+                    reason="with a GPU the compiled kernels are tested (tests/torch/kernels)")
 def test_triton_backend_plugs_in_under_the_interpreter():
     """The Triton backend honours the backend contract (run on CPU by Triton's interpreter)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}

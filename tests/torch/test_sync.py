@@ -9,7 +9,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import bnlib.torch as bt
-from bnlib.torch.sync import SyncBatchNorm
 
 WORLD = 2
 STEPS = 4
@@ -34,7 +33,7 @@ def worker(rank, port, shape, momentum, results):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)
-        layer = SyncBatchNorm(shape[1], momentum=momentum, dtype=torch.float64)
+        layer = bt.SyncBatchNorm(shape[1], momentum=momentum, dtype=torch.float64)
         with torch.no_grad():
             layer.weight.copy_(torch.linspace(0.5, 1.5, shape[1], dtype=torch.float64))
             layer.bias.copy_(torch.linspace(-1, 1, shape[1], dtype=torch.float64))
@@ -90,7 +89,7 @@ def test_two_process_sync_equals_single_process_over_the_whole_batch(shape, mome
 
 def test_without_a_process_group_it_is_plain_batch_norm():
     x = torch.randn(6, 3, 2, 2, dtype=torch.float64)
-    sync = SyncBatchNorm(3, dtype=torch.float64)
+    sync = bt.SyncBatchNorm(3, dtype=torch.float64)
     plain = torch.nn.BatchNorm2d(3, dtype=torch.float64)
     torch.testing.assert_close(sync(x), plain(x))
     torch.testing.assert_close(sync.running_var, plain.running_var)
@@ -104,8 +103,9 @@ def test_convert_sync_batchnorm_replaces_every_batch_norm_and_keeps_state():
                                 torch.nn.Sequential(bt.BatchNorm2d(4)), torch.nn.ReLU())
     model[1].running_mean.fill_(0.5)
     model.eval()
-    converted = SyncBatchNorm.convert_sync_batchnorm(model)
-    assert isinstance(converted[1], SyncBatchNorm) and isinstance(converted[2][0], SyncBatchNorm)
+    converted = bt.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], bt.SyncBatchNorm)
+    assert isinstance(converted[2][0], bt.SyncBatchNorm)
     assert not converted[1].training
     torch.testing.assert_close(converted[1].running_mean, torch.full((4,), 0.5))
     assert converted[1].weight is model[1].weight

@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from bnlib.torch import _composite, _triton
+from tests.torch.kernels.checks import DTYPES, EPS, assert_float32, assert_output
 
-OUTPUT_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-DTYPES = list(OUTPUT_TOL)
 # Hidden sizes with remainders (4095-like), a power of two, a single column; rows not a
 # multiple of the rows-per-program block.
 SHAPES = [(3, 37), (5, 64), (2, 4095), (7, 1000), (4, 1)]
-EPS = 1e-5
 
 
 def make_rows(shape, dtype, device, generator, scale=2.0, offset=0.5):
@@ -42,17 +40,6 @@ def reference(x, weight, bias, dy=None, eps=EPS):
         y.backward(dy.double().cpu())
         grads = tuple(None if t is None else t.grad for t in (x64, w64, b64))
     return y.detach(), mean, torch.rsqrt(var + eps), grads
-
-
-def assert_output(actual, expected, dtype):
-    tol = OUTPUT_TOL[dtype]
-    assert actual.dtype == dtype
-    torch.testing.assert_close(actual.double().cpu(), expected, atol=tol, rtol=tol)
-
-
-def assert_float32(actual, expected, tol=1e-5):
-    assert actual.dtype == torch.float32
-    torch.testing.assert_close(actual.double().cpu(), expected, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

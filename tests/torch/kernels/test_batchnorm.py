@@ -10,13 +10,11 @@ import pytest
 import torch
 
 from bnlib.torch import _composite, _triton
+from tests.torch.kernels.checks import DTYPES, EPS, assert_float32, assert_output
 
-OUTPUT_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-DTYPES = list(OUTPUT_TOL)
 # C not a power of two, odd spatial sizes, 1x1 spatial, (N, C), (N, C, L) and 3-d volumes.
 SHAPES = [(2, 3, 5, 7), (4, 6, 1, 1), (3, 5), (2, 4, 9), (2, 3, 2, 3, 4)]
 LAYOUTS = ["nchw", "channels_last"]
-EPS = 1e-5
 
 
 def make_input(shape, dtype, layout, device, generator, scale=2.0, offset=0.5):
@@ -52,17 +50,6 @@ def reference_forward(x, weight, bias, eps=EPS):
 
 def _f64(t):
     return None if t is None else t.detach().double().cpu()
-
-
-def assert_output(actual, expected, dtype):
-    tol = OUTPUT_TOL[dtype]
-    assert actual.dtype == dtype
-    torch.testing.assert_close(actual.double().cpu(), expected, atol=tol, rtol=tol)
-
-
-def assert_float32(actual, expected, tol=1e-5):
-    assert actual.dtype == torch.float32
-    torch.testing.assert_close(actual.double().cpu(), expected, atol=tol, rtol=tol)
 
 
 def channel_fastest(t):

@@ -123,6 +123,10 @@ def test_layernorm_dtype_errors():
     with pytest.raises(
         NotImplementedError, match=re.escape("\"LayerNormKernelImpl\" not implemented for 'Long'")
     ):
+        bt.layer_norm(torch.ones(2, 4, dtype=torch.long), (4,))
+    with pytest.raises(  # float32 parameters: the dtype mismatch is found first, as in torch
+        RuntimeError, match=re.escape("mixed dtype (CPU): all inputs must share same datatype.")
+    ):
         bt.LayerNorm(4)(torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(
         RuntimeError, match=re.escape("mixed dtype (CPU): all inputs must share same datatype.")
