@@ -1,9 +1,4 @@
-<<<<<<<< HEAD:tests/benchmarks/test_bench_gpu.py
 """The GPU benchmark's report formatting and its smoke run, checked on the CPU."""
-========
-"""The GPU benchmark (benchmarks/bench_gpu.py) that times these kernels: its byte models and
-report formatting, checked on the CPU."""
->>>>>>>> torch:tests/torch/kernels/test_bench_harness.py
 
 import importlib.util
 import json
@@ -13,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
