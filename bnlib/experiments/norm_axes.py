@@ -1,7 +1,7 @@
 """Which axes Batch, Layer, Instance and Group Normalization take their statistics over.
 
 For a feature map ``x`` of shape ``(N, C, *spatial)`` every method computes a mean and a
-variance over a set of elements and normalises those elements with them:
+variance over a set of elements and normalizes those elements with them:
 
 - Batch Normalization: one set per channel, over the batch and the spatial axes;
 - Layer Normalization: one set per example, over the channels and the spatial axes;
@@ -61,7 +61,7 @@ def reduction_axes(method: str, ndim: int = 4) -> tuple[int, ...]:
 def shared_statistics_mask(
     method: str, shape: tuple[int, ...], index: tuple[int, ...], num_groups: int | None = None
 ) -> np.ndarray:
-    """Boolean mask, of ``shape``, of the elements normalised with the same mean and variance
+    """Boolean mask, of ``shape``, of the elements normalized with the same mean and variance
     as the element at ``index`` (``shape = (N, C, *spatial)``).
 
     ``num_groups`` is required for ``"group"`` and must divide ``C``.

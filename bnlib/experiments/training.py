@@ -1,14 +1,17 @@
 """Training experiments on the scikit-learn digits behind chapters 6 and 7.
 
 A small multilayer perceptron, ``in -> [Linear -> norm -> activation] x L -> Linear``, whose
-normalisation layer is one of
+normalization layer is one of
 
-- ``"none"``: no normalisation (the Linear layers keep their bias);
+- ``"none"``: no normalization (the Linear layers keep their bias);
 - ``"batch"``: Batch Normalization over the mini-batch (Ioffe & Szegedy 2015);
 - ``"layer"``: Layer Normalization over the features of each example (Ba et al. 2016);
 - ``"group"``: Group Normalization over groups of features of each example (Wu & He 2018);
-- ``"noisy"``: Batch Normalization followed by a random per-feature scale and shift that changes
-  at every training step (the "noisy BatchNorm" of Santurkar et al. 2018).
+- ``"noisy"``: Batch Normalization followed by noise drawn independently for every activation of
+  every example, from a distribution that changes at every training step (the "noisy
+  BatchNorm" of Santurkar et al. 2018);
+- ``"noisy_shared"``: Batch Normalization followed by a random per-feature scale and shift that
+  changes at every training step and is shared by the whole batch.
 
 The functions here train such networks with a fixed seed and return plain NumPy records
 (accuracy curves, percentiles of one pre-activation, learning-rate and batch-size sweeps, loss
@@ -31,37 +34,51 @@ __all__ = [
     "ACTIVATIONS",
     "MLP",
     "NORM_KINDS",
+    "NOISE_MODELS",
+    "NOISY_KINDS",
     "NORM_LABELS",
     "PERCENTILES",
     "History",
     "NoisyBatchNorm1d",
     "SmoothnessRecord",
+    "WeightNormRecord",
     "batch_size_sweep",
     "batch_size_table",
     "build_mlp",
+    "equilibrium_angular_update",
     "evaluate_accuracy",
+    "gradient_norms_at_init",
     "learning_rate_sweep",
+    "loss_range_at_equal_loss",
     "loss_smoothness",
     "norm_layer",
     "plot_accuracy_curves",
     "plot_batch_size_sweep",
+    "plot_gradient_norms",
     "plot_learning_rate_sweep",
     "plot_percentiles",
     "plot_smoothness",
+    "plot_weight_norm_dynamics",
     "recalibrate_batch_norm",
+    "row_angles",
     "train",
     "train_many",
+    "weight_norm_dynamics",
 ]
 
-NORM_KINDS = ("none", "batch", "layer", "group", "noisy")
+NORM_KINDS = ("none", "batch", "layer", "group", "noisy", "noisy_shared")
+NOISE_MODELS = ("per_sample", "shared")
+# The two noisy kinds of :data:`NORM_KINDS` and the noise model each one uses.
+NOISY_KINDS = {"noisy": "per_sample", "noisy_shared": "shared"}
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 PERCENTILES = (15, 50, 85)
 NORM_LABELS = {
-    "none": "no normalisation",
+    "none": "no normalization",
     "batch": "BatchNorm",
     "layer": "LayerNorm",
     "group": "GroupNorm",
-    "noisy": "noisy BatchNorm",
+    "noisy": "noisy BatchNorm (per sample)",
+    "noisy_shared": "noisy BatchNorm (shared)",
 }
 
 
@@ -74,10 +91,11 @@ def norm_layer(
     max_variance: float = 4.0,
     noise_seed: int = 0,
 ) -> nn.Module:
-    """The normalisation layer ``kind`` for ``(N, num_features)`` inputs, from ``bnlib.torch``.
+    """The normalization layer ``kind`` for ``(N, num_features)`` inputs, from ``bnlib.torch``.
 
     ``kind`` is one of :data:`NORM_KINDS`. ``num_groups`` is used by ``"group"``; ``max_shift``,
-    ``max_variance`` and ``noise_seed`` by ``"noisy"`` (see :class:`NoisyBatchNorm1d`).
+    ``max_variance`` and ``noise_seed`` by ``"noisy"`` and ``"noisy_shared"`` (see
+    :class:`NoisyBatchNorm1d`).
     """
     from bnlib.torch import BatchNorm1d, GroupNorm, LayerNorm
 
@@ -89,66 +107,93 @@ def norm_layer(
         return LayerNorm(num_features)
     if kind == "group":
         return GroupNorm(num_groups, num_features)
-    if kind == "noisy":
+    if kind in NOISY_KINDS:
         return NoisyBatchNorm1d(
-            num_features, max_shift=max_shift, max_variance=max_variance, seed=noise_seed
+            num_features, noise=NOISY_KINDS[kind], max_shift=max_shift,
+            max_variance=max_variance, seed=noise_seed,
         )
     raise ValueError(f"norm must be one of {NORM_KINDS}, got {kind!r}")
 
 
 class NoisyBatchNorm1d(nn.Module):
-    """Batch Normalization followed by a random scale and shift that changes at every step.
+    """Batch Normalization followed by random noise whose distribution changes at every step.
 
-    In training mode each call draws, for every feature ``j``, a shift and a variance
+    In training mode each call first draws, for every feature ``j``, this step's noise mean and
+    variance
 
-        m_j ~ U(-max_shift, max_shift),   v_j ~ U(1, max_variance),
+        mu_j ~ U(-max_shift, max_shift),   v_j ~ U(1, max_variance),
 
-    and returns ``z[:, j] = sqrt(v_j) * bn(x)[:, j] + m_j``. With BN's ``gamma = 1, beta = 0``
-    the batch mean of feature ``j`` is then exactly ``m_j`` and its (biased) batch variance
-    ``v_j``: the next layer sees an input distribution that is neither zero-mean nor
-    unit-variance, and that moves at every step, the "noisy BatchNorm" with which
-    Santurkar et al. (2018) simulate severe internal covariate shift. In eval mode no noise is
-    added. The last draws are kept in ``last_shift`` and ``last_variance``, shape ``(D,)``.
+    and then perturbs BN's output ``y = bn(x)`` in one of two ways, chosen by ``noise``:
+
+    - ``"per_sample"``: every activation of every example gets its own independent draw,
+      ``z[i, j] = y[i, j] + e[i, j]`` with ``e[i, j] ~ N(mu_j, v_j)``. This is how Santurkar et
+      al. (2018, Sec. 2.1) describe their "noisy BatchNorm": each activation of each sample is
+      perturbed with i.i.d. noise from a distribution with non-zero mean and non-unit variance
+      that changes at every step. With BN's ``gamma = 1, beta = 0`` feature ``j`` then has mean
+      ``mu_j`` and variance ``1 + v_j`` in expectation, and each example's value is blurred.
+    - ``"shared"``: one draw per feature, shared by the whole batch,
+      ``z[:, j] = sqrt(v_j) * y[:, j] + mu_j``. The batch mean of feature ``j`` is then exactly
+      ``mu_j`` and its (biased) batch variance ``v_j`` (with ``gamma = 1, beta = 0``): the
+      distribution moves, but the examples keep their order and their relative distances.
+
+    In eval mode no noise is added. The last draws are kept in ``last_mean`` and
+    ``last_variance``, shape ``(D,)``, and the last perturbation ``z - y`` in ``last_noise``,
+    shape ``(N, D)``.
 
     Input and output: ``(N, D)`` float tensors.
     """
 
     def __init__(
-        self, num_features: int, *, max_shift: float = 1.0, max_variance: float = 4.0,
-        seed: int = 0,
+        self, num_features: int, *, noise: str = "per_sample", max_shift: float = 1.0,
+        max_variance: float = 4.0, seed: int = 0,
     ) -> None:
         super().__init__()
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
         if max_shift < 0:
             raise ValueError(f"max_shift must be non-negative, got {max_shift}")
         if max_variance < 1:
             raise ValueError(f"max_variance must be at least 1, got {max_variance}")
         self.batch_norm = norm_layer("batch", num_features)
+        self.noise = noise
         self.max_shift = float(max_shift)
         self.max_variance = float(max_variance)
         # A private generator: the noise does not disturb the global random stream.
         self.generator = torch.Generator().manual_seed(seed)
-        self.last_shift: torch.Tensor | None = None
+        self.last_mean: torch.Tensor | None = None
         self.last_variance: torch.Tensor | None = None
+        self.last_noise: torch.Tensor | None = None
+
+    def _draw_distribution(self, num_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's noise mean and variance per feature, each of shape ``(D,)``."""
+        uniform = torch.rand(2, num_features, generator=self.generator)
+        mean = (2 * uniform[0] - 1) * self.max_shift
+        variance = 1 + uniform[1] * (self.max_variance - 1)
+        return mean, variance
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.batch_norm(x)
         if not self.training:
             return out
-        num_features = out.shape[1]
-        uniform = torch.rand(2, num_features, generator=self.generator)
-        shift = (2 * uniform[0] - 1) * self.max_shift
-        variance = 1 + uniform[1] * (self.max_variance - 1)
-        self.last_shift, self.last_variance = shift, variance
-        return out * variance.sqrt().to(out.dtype) + shift.to(out.dtype)
+        mean, variance = self._draw_distribution(out.shape[1])
+        if self.noise == "per_sample":
+            standard = torch.randn(out.shape, generator=self.generator)
+            perturbed = out + (mean + variance.sqrt() * standard).to(out.dtype)
+        else:
+            perturbed = out * variance.sqrt().to(out.dtype) + mean.to(out.dtype)
+        self.last_mean, self.last_variance = mean, variance
+        self.last_noise = (perturbed - out).detach()
+        return perturbed
 
     def extra_repr(self) -> str:
-        return f"max_shift={self.max_shift}, max_variance={self.max_variance}"
+        return (f"noise={self.noise!r}, max_shift={self.max_shift}, "
+                f"max_variance={self.max_variance}")
 
 
 class MLP(nn.Module):
     """``in_features -> [Linear -> norm -> activation] x len(hidden) -> Linear -> logits``.
 
-    The Linear layers before a normalisation have no bias: a normalisation that subtracts a
+    The Linear layers before a normalization have no bias: a normalization that subtracts a
     mean removes BN's per-feature bias exactly, and its own ``beta`` plays that role.
     ``init_std``, when given, draws every weight from ``N(0, init_std**2)`` and sets the biases
     to zero (the "small random Gaussian values" of Ioffe & Szegedy's Fig. 1); otherwise
@@ -253,12 +298,27 @@ def _batches(num_examples: int, batch_size: int, generator: torch.Generator):
             yield order[start:start + batch_size]
 
 
+def _training_batches(data, batch_size: int, seed: int):
+    """Endless ``(x, y)`` mini-batches of the training set of ``data``, in an order fixed by
+    ``seed`` (see :func:`train`)."""
+    x_train, y_train, _, _ = _tensors(data)
+    for index in _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed)):
+        yield x_train[index], y_train[index]
+
+
 def _make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr)
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+
+
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step down the gradient of ``loss``."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 @torch.no_grad()
@@ -299,22 +359,20 @@ def train(
     if eval_every < 1:
         raise ValueError(f"eval_every must be positive, got {eval_every}")
     torch.set_num_threads(1)
-    x_train, y_train, x_test, y_test = _tensors(data)
-    batches = _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed))
+    _, _, x_test, y_test = _tensors(data)
+    batches = _training_batches(data, batch_size, seed)
     opt = _make_optimizer(optimizer, model.parameters(), lr)
     model.train()
     accuracy, percentiles = _evaluate(model, x_test, y_test, unit)
     record_steps, accuracies, losses, quantiles = [0], [accuracy], [math.nan], [percentiles]
     running_loss, since_record, diverged = 0.0, 0, False
     for step in tqdm(range(1, steps + 1), desc=progress, disable=progress is None, leave=False):
-        index = next(batches)
-        loss = nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+        x, y = next(batches)
+        loss = nn.functional.cross_entropy(model(x), y)
         if not torch.isfinite(loss):
             diverged = True
             break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _descend(opt, loss)
         running_loss += loss.item()
         since_record += 1
         if step % eval_every == 0 or step == steps:
@@ -478,7 +536,7 @@ def batch_size_table(sweep: dict) -> str:
     size, each cell the mean test accuracy over the seeds with the range (min to max)."""
     sizes = sweep["batch_sizes"]
     lines = [
-        "| normalisation | " + " | ".join(f"batch {size}" for size in sizes) + " |",
+        "| normalization | " + " | ".join(f"batch {size}" for size in sizes) + " |",
         "|---" * (len(sizes) + 1) + "|",
     ]
     for norm, accuracy in zip(sweep["norms"], sweep["accuracy"], strict=True):
@@ -496,9 +554,11 @@ class SmoothnessRecord:
     At training step ``steps[t]``, with ``g`` the mini-batch gradient at the weights ``w``,
     and for each ``eta`` in ``step_sizes`` (H,): ``loss[t, h] = L(w - eta g)`` and
     ``gradient_change[t, h] = ||grad L(w - eta g) - g||``, on the same mini-batch. From them:
-    ``loss_range`` (T,) = max - min of ``loss[t]`` (with ``L(w)``), and ``beta_smoothness`` (T,)
-    = max over eta of ``gradient_change / ||eta g||`` (Santurkar et al.'s "effective
-    beta-smoothness").
+    ``loss_range`` (T,) = max - min of ``loss[t]`` (with ``L(w)``), and
+    ``directional_smoothness`` (T,) = max over eta of ``gradient_change / ||eta g||``, the
+    change of the gradient per unit distance moved along ``-g``. Santurkar et al. call it the
+    "effective beta-smoothness"; measured along one direction only, it is a directional
+    estimate, a lower bound on the gradient's local Lipschitz constant over all directions.
     """
 
     steps: np.ndarray
@@ -506,7 +566,7 @@ class SmoothnessRecord:
     loss: np.ndarray
     gradient_change: np.ndarray
     loss_range: np.ndarray
-    beta_smoothness: np.ndarray
+    directional_smoothness: np.ndarray
     train_loss: np.ndarray
 
 
@@ -553,21 +613,21 @@ def loss_smoothness(
 ) -> SmoothnessRecord:
     """Train ``build_mlp(norm, seed=seed, **model_options)`` with plain SGD and measure, every
     ``measure_every`` steps, how the loss and gradient change along the gradient direction
-    (see :class:`SmoothnessRecord`). ``"noisy"`` is refused: its noise would differ between
-    the probes of one measurement."""
-    if norm == "noisy":
-        raise ValueError("loss_smoothness needs a deterministic forward pass; 'noisy' is not one")
+    (see :class:`SmoothnessRecord`). The noisy kinds are refused: their noise would differ
+    between the probes of one measurement."""
+    if norm in NOISY_KINDS:
+        raise ValueError(
+            f"loss_smoothness needs a deterministic forward pass; {norm!r} is not one"
+        )
     torch.set_num_threads(1)
     model = build_mlp(norm, seed=seed, **model_options)
     model.train()
-    x_train, y_train, _, _ = _tensors(data)
-    batches = _batches(len(x_train), batch_size, torch.Generator().manual_seed(seed))
+    batches = _training_batches(data, batch_size, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     etas = np.array(step_sizes, dtype=np.float64)
     record_steps, losses, changes, gradient_norms = [], [], [], []
     for step in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
-        index = next(batches)
-        x, y = x_train[index], y_train[index]
+        x, y = next(batches)
         if step % measure_every == 0:
             loss, gradient = _loss_and_gradient(model, x, y)
             probe_losses, probe_changes = _along_gradient(model, x, y, gradient, etas)
@@ -575,9 +635,7 @@ def loss_smoothness(
             losses.append([loss, *probe_losses])
             changes.append(probe_changes)
             gradient_norms.append(gradient.norm().item())
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
+        _descend(opt, nn.functional.cross_entropy(model(x), y))
     losses_array, changes_array = np.array(losses), np.array(changes)
     distances = etas[None, :] * np.array(gradient_norms)[:, None]  # ||w - (w - eta g)||
     return SmoothnessRecord(
@@ -586,14 +644,168 @@ def loss_smoothness(
         loss=losses_array[:, 1:],
         gradient_change=changes_array,
         loss_range=losses_array.max(axis=1) - losses_array.min(axis=1),
-        beta_smoothness=(changes_array / distances).max(axis=1),
+        directional_smoothness=(changes_array / distances).max(axis=1),
         train_loss=losses_array[:, 0],
+    )
+
+
+def loss_range_at_equal_loss(
+    record: SmoothnessRecord, edges: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The measurements of ``record`` grouped by the mini-batch loss at which they were taken.
+
+    Returns ``(counts, medians)``, each ``(B,)`` for the B bins ``[edges[b], edges[b + 1])``:
+    how many measurements fall in each bin and the median of their loss ranges (NaN for an
+    empty bin). Comparing two networks bin by bin compares them at equal loss rather than at
+    equal step.
+    """
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"edges must be at least two increasing values, got {edges.tolist()}")
+    counts, medians = [], []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (record.train_loss >= low) & (record.train_loss < high)
+        counts.append(int(inside.sum()))
+        medians.append(float(np.median(record.loss_range[inside])) if inside.any() else math.nan)
+    return np.array(counts), np.array(medians)
+
+
+def gradient_norms_at_init(
+    data,
+    norm: str,
+    *,
+    depth: int,
+    width: int = 100,
+    batch_size: int = 64,
+    seeds: Sequence[int] = (0,),
+    **model_options,
+) -> np.ndarray:
+    """Norm of the loss gradient for the weight of each hidden Linear layer, at initialization.
+
+    For every seed: ``build_mlp(norm, seed=seed, hidden=(width,) * depth, **model_options)`` in
+    training mode, one mini-batch of ``batch_size`` training examples drawn with that seed, and
+    one backward pass of the cross-entropy. Returns ``(S, depth)`` for the S ``seeds``, the
+    layer next to the input first.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be positive, got {depth}")
+    torch.set_num_threads(1)
+    norms = []
+    for seed in seeds:
+        model = build_mlp(norm, seed=seed, hidden=(width,) * depth, **model_options).train()
+        x, y = next(_training_batches(data, batch_size, seed))
+        nn.functional.cross_entropy(model(x), y).backward()
+        norms.append([linear.weight.grad.norm().item() for linear in model.linears])
+    return np.array(norms)
+
+
+@dataclass
+class WeightNormRecord:
+    """How the rows of one Linear layer's weight move during plain-SGD training.
+
+    ``weight_norm`` (T + 1,): the mean norm of the rows before the first step and after each of
+    the T steps; ``angular_update`` (T,): the root mean square over the rows of the angle, in
+    radians, through which each step turned them (the quantity whose equilibrium
+    :func:`equilibrium_angular_update` predicts); ``train_loss`` (T,): the mini-batch loss of
+    each step.
+    ``lr`` and ``weight_decay`` are the settings of the run.
+    """
+
+    weight_norm: np.ndarray
+    angular_update: np.ndarray
+    train_loss: np.ndarray
+    lr: float
+    weight_decay: float
+
+
+def row_angles(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Angle in radians between each row of ``before`` and the same row of ``after``, float64.
+
+    Computed as ``2 atan2(|u - v|, |u + v|)`` of the unit rows ``u, v``, which stays accurate
+    for tiny angles, where the arccosine of the cosine does not.
+    """
+    if before.shape != after.shape or before.ndim != 2:
+        raise ValueError(f"expected two matrices of one shape, got {tuple(before.shape)} and "
+                         f"{tuple(after.shape)}")
+    u = before.double() / before.double().norm(dim=1, keepdim=True)
+    v = after.double() / after.double().norm(dim=1, keepdim=True)
+    return 2 * torch.atan2((u - v).norm(dim=1), (u + v).norm(dim=1))
+
+
+def equilibrium_angular_update(lr: float, weight_decay: float) -> float:
+    """The angle ``sqrt(2 lr weight_decay)`` through which SGD turns a scale-invariant weight
+    per step once weight decay has brought its norm to equilibrium.
+
+    For a weight ``w`` whose loss does not depend on its length, the gradient ``g`` is
+    orthogonal to ``w``, and a step ``w <- (1 - lr wd) w - lr g`` changes the squared norm to
+    ``(1 - lr wd)^2 |w|^2 + lr^2 |g|^2``. The norm stops changing when
+    ``2 lr wd |w|^2 = lr^2 |g|^2`` (to first order in ``lr wd``), and then each step turns ``w``
+    through ``lr |g| / |w| = sqrt(2 lr wd)``, whatever the size of the gradient. The balance
+    holds for the mean of ``|g|^2``, so ``sqrt(2 lr wd)`` is the root mean square of the angle.
+    """
+    if lr <= 0 or weight_decay < 0:
+        raise ValueError(f"need lr > 0 and weight_decay >= 0, got {lr} and {weight_decay}")
+    return math.sqrt(2 * lr * weight_decay)
+
+
+def weight_norm_dynamics(
+    data,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    steps: int = 1000,
+    layer: int = 0,
+    norm: str = "batch",
+    batch_size: int = 60,
+    seed: int = 0,
+    progress: str | None = None,
+    **model_options,
+) -> WeightNormRecord:
+    """Train ``build_mlp(norm, seed=seed, **model_options)`` with plain SGD and record, at every
+    step, the row norms of ``model.linears[layer].weight`` and the angle the step turned its
+    rows through (see :class:`WeightNormRecord`).
+
+    ``weight_decay`` is PyTorch's (the term ``weight_decay * w`` added to the gradient), applied
+    only to the weights of the hidden Linear layers, not to the normalization's ``gamma`` and
+    ``beta`` nor to the output layer. With ``norm="batch"`` each row of those weights feeds one
+    BN feature, so the loss does not depend on the row's length: weight decay then changes how
+    fast the rows turn, not the functions the network can express.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
+    torch.set_num_threads(1)
+    model = build_mlp(norm, seed=seed, **model_options).train()
+    if not -len(model.linears) <= layer < len(model.linears):
+        raise ValueError(f"layer must index one of the {len(model.linears)} hidden layers, "
+                         f"got {layer}")
+    weight = model.linears[layer].weight
+    batches = _training_batches(data, batch_size, seed)
+    decayed = [linear.weight for linear in model.linears]
+    others = [p for p in model.parameters() if all(p is not w for w in decayed)]
+    opt = torch.optim.SGD([{"params": decayed, "weight_decay": weight_decay},
+                           {"params": others}], lr=lr)
+    norms, angles, losses = [weight.norm(dim=1).mean().item()], [], []
+    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+        x, y = next(batches)
+        before = weight.detach().clone()
+        loss = nn.functional.cross_entropy(model(x), y)
+        _descend(opt, loss)
+        losses.append(loss.item())
+        norms.append(weight.norm(dim=1).mean().item())
+        angles.append(row_angles(before, weight.detach()).square().mean().sqrt().item())
+    return WeightNormRecord(
+        weight_norm=np.array(norms),
+        angular_update=np.array(angles),
+        train_loss=np.array(losses),
+        lr=float(lr),
+        weight_decay=float(weight_decay),
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Plots (matplotlib Axes in, Axes out)
-
 
 
 def plot_accuracy_curves(ax, histories: dict[str, Sequence[History]]):
@@ -663,6 +875,39 @@ def plot_smoothness(axes, records: dict[str, SmoothnessRecord]):
     gradient_ax.set(xlabel="training step", ylabel="max gradient change", yscale="log")
     matched_ax.set(xlabel="mini-batch loss at that step", ylabel="loss range along the gradient",
                    xscale="log", yscale="log")
+    for ax in axes:
+        ax.legend(loc="best", fontsize="small")
+    return axes
+
+
+def plot_gradient_norms(ax, gradient_norms: dict[str, np.ndarray]):
+    """Gradient norm of each hidden layer's weight against the layer's depth (log axis), one
+    curve per entry of ``{label: (S, depth) array}`` (the mean over the S seeds)."""
+    for label, norms in gradient_norms.items():
+        layers = np.arange(1, norms.shape[1] + 1)
+        ax.plot(layers, norms.mean(axis=0), "o-", markersize=3, label=label)
+    ax.set(xlabel="hidden layer (1 = next to the input)", ylabel="gradient norm |dL/dW|",
+           yscale="log")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_weight_norm_dynamics(axes, records: dict[str, WeightNormRecord], window: int = 50):
+    """Two panels: the mean row norm against steps, and the angular update per step (a moving
+    average over ``window`` steps), with the equilibrium value ``sqrt(2 lr wd)`` dashed for
+    each run that has weight decay."""
+    norm_ax, angle_ax = axes
+    for label, record in records.items():
+        line, = norm_ax.plot(record.weight_norm, label=label)
+        smoothed = np.convolve(record.angular_update, np.ones(window) / window, mode="valid")
+        angle_ax.plot(np.arange(window, len(record.angular_update) + 1), smoothed,
+                      color=line.get_color(), label=label)
+        if record.weight_decay > 0:
+            angle_ax.axhline(equilibrium_angular_update(record.lr, record.weight_decay),
+                             color=line.get_color(), linestyle="--", linewidth=1,
+                             label=r"$\sqrt{2\eta\lambda}$")
+    norm_ax.set(xlabel="training step", ylabel="mean row norm |w|")
+    angle_ax.set(xlabel="training step", ylabel="angular update per step (rad)", yscale="log")
     for ax in axes:
         ax.legend(loc="best", fontsize="small")
     return axes
