@@ -393,13 +393,13 @@ def plot_sigmoid() -> plt.Figure:
     """The sigmoid, its derivative (maximum 1/4 at 0) and the saturated region ``|z| > 4``."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     z = np.linspace(-8.0, 8.0, 400)
-    ax.plot(z, sigmoid(z), label=r"$s(z) = 1/(1+e^{-z})$")
-    ax.plot(z, sigmoid_derivative(z), label=r"$s'(z) = s(z)(1-s(z))$")
-    ax.axhline(0.25, color="k", ls=":", lw=1, label=r"$1/4 = s'(0)$")
+    ax.plot(z, sigmoid(z), label=r"$\mathrm{sigmoid}(z) = 1/(1+e^{-z})$")
+    ax.plot(z, sigmoid_derivative(z), label=r"$\mathrm{sigmoid}'(z)$")
+    ax.axhline(0.25, color="k", ls=":", lw=1, label=r"$1/4 = \mathrm{sigmoid}'(0)$")
     for side in (-1, 1):
         ax.axvspan(4.0 * side, 8.0 * side, color="0.85", lw=0)
-    ax.text(6.0, 0.55, "saturated\n$s' < 0.018$", ha="center", fontsize="small")
-    ax.text(-6.0, 0.55, "saturated\n$s' < 0.018$", ha="center", fontsize="small")
+    for x in (-6.0, 6.0):
+        ax.text(x, 0.55, "saturated\nderivative\n< 0.018", ha="center", fontsize="small")
     ax.set_xlabel("z")
     ax.set_xlim(-8, 8)
     ax.legend(loc="upper left", fontsize="small")
@@ -419,7 +419,7 @@ def plot_stack_gradients(results: dict[str, dict[str, np.ndarray]]) -> plt.Figur
         axes[2].plot(layers, result["saturated_fraction"], "o-", label=label)
     axes[1].axhline(0.25, color="k", ls=":", lw=1)
     axes[0].set_ylabel("RMS of dL/dh at the layer input")
-    axes[1].set_ylabel("mean of s'(z) over the layer")
+    axes[1].set_ylabel("mean of sigmoid'(z) over the layer")
     axes[2].set_ylabel("fraction with |z| > 4")
     for ax in axes:
         ax.set_xlabel("layer (1 = next to the input)")
