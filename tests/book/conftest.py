@@ -129,6 +129,7 @@ class PageReport:
     local_responses: list[tuple[int, str]] = field(default_factory=list)  # (status, path)
     has_math: bool = False
     mathjax_containers: int = 0
+    math_errors: list[str] = field(default_factory=list)  # formulas MathJax could not parse
     has_widgets: bool = False
     rendered_widgets: int = 0
     images: list[tuple[str, int]] = field(default_factory=list)  # (src, naturalWidth)
@@ -218,6 +219,10 @@ def _visit(context, url: str, document: str) -> PageReport:
                 await MathJax.startup.promise;
                 return document.querySelectorAll('mjx-container').length;
             }"""
+        )
+        report.math_errors = page.evaluate(
+            """() => Array.from(document.querySelectorAll('mjx-merror'),
+                (error) => error.getAttribute('data-mjx-error') || error.textContent)"""
         )
     report.has_widgets = "application/vnd.jupyter.widget-view+json" in html
     if report.has_widgets:

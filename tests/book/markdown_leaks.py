@@ -17,6 +17,8 @@ LEAK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("display maths delimiter $$", re.compile(r"\$\$")),
     ("inline maths $...$", re.compile(r"\$[^$\s][^$\n]*\$")),
     (r"untypeset maths \( or \[", re.compile(r"\\\(|\\\[")),
+    # A TeX command outside typeset maths: a formula whose dollar signs were not paired.
+    ("TeX command shown as text", re.compile(r"\\[A-Za-z]{2,}")),
     # "**word ... word**", so that Python's x**2 and **kwargs are not taken for bold.
     ("bold **...**", re.compile(r"\*\*[^*\s](?:[^*]*[^*\s])?\*\*")),
     ("MyST role such as {cite} or {glue:text}", re.compile(r"\{[a-z]+(?::[a-z]+)?\}")),

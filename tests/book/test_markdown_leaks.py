@@ -14,6 +14,7 @@ from .markdown_leaks import markdown_leaks
         ("the variance $$\\sigma^2$$ of the batch", "$$"),
         ("the mean $\\mu_B$ of the batch", "inline maths"),
         ("the mean \\(\\mu\\) of the batch", "untypeset maths"),
+        ("$\\mathcal{D}$, $\\lvert\\mathcal{D}", "TeX command"),
         ("this is **the** key result", "bold"),
         ("as shown by {cite}`ioffe2015`", "MyST role"),
         ("accuracy {glue:text}`acc:.1%` after training", "MyST role"),

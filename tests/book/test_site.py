@@ -126,6 +126,13 @@ def test_page_maths_is_typeset(page_reports, document):
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
+def test_page_maths_has_no_errors(page_reports, document):
+    assert page_reports[document].math_errors == [], (
+        f"{document}: MathJax could not typeset {page_reports[document].math_errors}"
+    )
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
 def test_page_images_load(page_reports, document):
     broken = [src for src, width in page_reports[document].images if width <= 0]
     assert broken == [], f"{document}: images that did not load: {broken}"
