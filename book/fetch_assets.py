@@ -1,10 +1,12 @@
 """Fetch the pinned JavaScript the website serves itself, so no page loads a third-party host.
 
-The built site needs three npm packages that Jupyter Book would otherwise pull from CDNs:
+The built site needs four npm packages that Jupyter Book would otherwise pull from CDNs:
 
 - ``mathjax`` (typesets the maths; ``mathjax_path`` in ``_config.yml`` points here),
 - ``requirejs`` and ``@jupyter-widgets/html-manager`` (render saved ipywidgets state
-  statically; ``nb_ipywidgets_js`` in ``_config.yml`` points here).
+  statically; ``nb_ipywidgets_js`` in ``_config.yml`` points here),
+- ``thebe`` (turns code cells into live cells when a reader presses "Live Code";
+  ``thebe_js_path`` in ``_config.yml`` points here, see ``book/_ext/bookext.py``).
 
 Each package is fetched once with ``npm pack`` (the registry's own client), checked against
 the pinned sha512 integrity, and unpacked into ``book/_vendor/<name>/`` (git-ignored).
@@ -67,6 +69,15 @@ PACKAGES = (
         "html-manager",
         "dist/embed-amd.js",
     ),
+    # sphinx-thebe 0.3.1 was written for thebe 0.8.2, which the npm registry no longer serves;
+    # 0.9.3 keeps the same global API (``thebelab.on``, ``thebelab.bootstrap``).
+    NpmPackage(
+        "thebe",
+        "0.9.3",
+        "sha512-Rb/7kVhtlffXra3kIe7OuIGE7awsm2/fGWxw21DiNfnWLnUQiDl9AWqYdshPwZPG/5DzLpsJRPix2xtCPtJmQQ==",
+        "thebe",
+        "lib/index.js",
+    ),
 )
 
 # Only these parts of each tarball are served; the rest (sources, tests, node tooling) is not.
@@ -74,7 +85,11 @@ KEEP_PREFIXES = {
     "mathjax": ("es5/",),
     "requirejs": ("require.js",),
     "html-manager": ("dist/",),
+    # lib/index.js loads its numbered chunks (lib/*.index.js) from its own folder.
+    "thebe": ("lib/",),
 }
+# Source maps and type declarations are for developing the packages; the site does not need them.
+SKIPPED_SUFFIXES = (".map", ".d.ts")
 
 
 class FetchError(RuntimeError):
@@ -131,8 +146,8 @@ def unpack(package: NpmPackage, tarball: Path) -> None:
         for member in archive.getmembers():
             # npm tarballs put every file under "package/".
             relative = member.name.partition("/")[2]
-            # Source maps are for debugging the package itself; the site does not need them.
-            if member.isfile() and relative.startswith(keep) and not relative.endswith(".map"):
+            if (member.isfile() and relative.startswith(keep)
+                    and not relative.endswith(SKIPPED_SUFFIXES)):
                 member.name = relative
                 members.append(member)
         archive.extractall(staging, members=members, filter="data")

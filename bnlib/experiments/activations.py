@@ -52,7 +52,7 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def sigmoid_derivative(z: np.ndarray) -> np.ndarray:
-    """``s'(z) = s(z) (1 - s(z))``, elementwise; its maximum is ``s'(0) = 1/4``."""
+    """``sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))``, elementwise; its maximum is 1/4, at 0."""
     s = sigmoid(z)
     return s * (1.0 - s)
 
@@ -91,8 +91,9 @@ def make_covariate_shift_data(
     noise_std: float = 0.3,
     seed: int = 0,
 ) -> CovariateShiftData:
-    """Sample ``y = -x + x^3 + noise`` with ``x ~ N(train_mean, train_std^2)`` for training and
-    ``x ~ N(test_mean, test_std^2)`` for testing; ``noise ~ N(0, noise_std^2)`` in both.
+    """Sample ``y = -x + x^3 + noise``, ``x`` normal with mean ``train_mean`` and standard
+    deviation ``train_std`` for training and ``test_mean``, ``test_std`` for testing, ``noise``
+    normal with mean 0 and standard deviation ``noise_std`` in both.
 
     Only the input distribution differs between the sets: ``P(y | x)`` is the same, which is
     what covariate shift means. The defaults are those of Shimodaira (2000).
@@ -167,9 +168,9 @@ def sigmoid_stack_gradients(
 ) -> dict[str, np.ndarray]:
     """Backpropagate through ``depth`` layers of ``h <- sigmoid(BN?(h W))`` and measure.
 
-    Weights are ``N(0, weight_std^2 / width)`` (``weight_std = 1`` is the usual
-    ``1/sqrt(fan_in)`` scale); the input is ``N(0, 1)`` of shape ``(batch_size, width)``; the
-    gradient arriving at the output is ``N(0, 1)``. With ``use_batchnorm`` each pre-activation
+    Weights are normal with mean 0 and variance ``weight_std^2 / width`` (``weight_std = 1`` is
+    the usual ``1/sqrt(fan_in)`` scale); the input, of shape ``(batch_size, width)``, and the
+    gradient arriving at the output are standard normal. With ``use_batchnorm`` each pre-activation
     goes through ``bnlib.numpy.batchnorm_forward`` with ``gamma = 1, beta = 0`` before the
     sigmoid. Layer 1 is the first (closest to the input).
 
@@ -177,8 +178,9 @@ def sigmoid_stack_gradients(
         dict of ``(depth,)`` float arrays:
 
         - ``grad_rms``: root-mean-square of ``dL/dh`` at the input of each layer,
-        - ``mean_derivative``: mean of ``s'(z)`` over the batch and units of each layer,
-        - ``saturated_fraction``: fraction of sigmoid inputs with ``|z| > 4`` (``s' < 0.018``),
+        - ``mean_derivative``: mean of ``sigmoid'(z)`` over the batch and units of each layer,
+        - ``saturated_fraction``: fraction of sigmoid inputs with ``|z| > 4``
+          (``sigmoid'(z) < 0.018``),
         - ``preact_std``: standard deviation of the sigmoid input ``z``.
     """
     if depth < 1 or width < 1 or batch_size < 2:
@@ -259,9 +261,10 @@ def train_sigmoid_mlp(
     """Train a ``D -> hidden... -> K`` sigmoid MLP with plain SGD and watch one hidden layer.
 
     Hidden layers are ``h = sigmoid(h_prev W + b)``, the output is a softmax with
-    cross-entropy. Weights start as ``N(0, init_std^2)`` (a large ``init_std`` sends units
-    into saturation), biases at zero. Before every step the pre-activations ``h_prev W + b`` of
-    hidden layer ``layer`` are computed on ``x_probe`` and their 15/50/85th percentiles stored.
+    cross-entropy. Weights start normal with mean 0 and standard deviation ``init_std`` (a
+    large ``init_std`` sends units into saturation), biases at zero. Before every step the
+    pre-activations ``h_prev W + b`` of hidden layer ``layer`` are computed on ``x_probe`` and
+    their 15/50/85th percentiles stored.
     No normalization is used: this is the network Batch Normalization was designed to help.
 
     Args:
@@ -393,13 +396,13 @@ def plot_sigmoid() -> plt.Figure:
     """The sigmoid, its derivative (maximum 1/4 at 0) and the saturated region ``|z| > 4``."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     z = np.linspace(-8.0, 8.0, 400)
-    ax.plot(z, sigmoid(z), label=r"$s(z) = 1/(1+e^{-z})$")
-    ax.plot(z, sigmoid_derivative(z), label=r"$s'(z) = s(z)(1-s(z))$")
-    ax.axhline(0.25, color="k", ls=":", lw=1, label=r"$1/4 = s'(0)$")
+    ax.plot(z, sigmoid(z), label=r"$\mathrm{sigmoid}(z) = 1/(1+e^{-z})$")
+    ax.plot(z, sigmoid_derivative(z), label=r"$\mathrm{sigmoid}'(z)$")
+    ax.axhline(0.25, color="k", ls=":", lw=1, label=r"$1/4 = \mathrm{sigmoid}'(0)$")
     for side in (-1, 1):
         ax.axvspan(4.0 * side, 8.0 * side, color="0.85", lw=0)
-    ax.text(6.0, 0.55, "saturated\n$s' < 0.018$", ha="center", fontsize="small")
-    ax.text(-6.0, 0.55, "saturated\n$s' < 0.018$", ha="center", fontsize="small")
+    for x in (-6.0, 6.0):
+        ax.text(x, 0.55, "saturated\nderivative\n< 0.018", ha="center", fontsize="small")
     ax.set_xlabel("z")
     ax.set_xlim(-8, 8)
     ax.legend(loc="upper left", fontsize="small")
@@ -419,7 +422,7 @@ def plot_stack_gradients(results: dict[str, dict[str, np.ndarray]]) -> plt.Figur
         axes[2].plot(layers, result["saturated_fraction"], "o-", label=label)
     axes[1].axhline(0.25, color="k", ls=":", lw=1)
     axes[0].set_ylabel("RMS of dL/dh at the layer input")
-    axes[1].set_ylabel("mean of s'(z) over the layer")
+    axes[1].set_ylabel("mean of sigmoid'(z) over the layer")
     axes[2].set_ylabel("fraction with |z| > 4")
     for ax in axes:
         ax.set_xlabel("layer (1 = next to the input)")

@@ -4,12 +4,14 @@ The experiments behind chapter 1 of the course:
 
 - :func:`train_softmax_regression` trains a softmax (multinomial logistic) regression with
   full-batch, stochastic (batch size 1) or mini-batch gradient descent and records the loss
-  against epochs, parameter updates and wall-clock time.
+  against epochs, parameter updates and compute time.
 - :func:`sample_batch_statistics` draws many mini-batches from a population and returns the
   batch mean ``mu_B`` and the batch variance ``sigma_B^2`` of each one, the quantities Batch
   Normalization computes in training mode.
 - :func:`std_of_batch_mean` and :func:`std_of_batch_variance` give the theoretical spread of
-  these estimators, :func:`expected_biased_variance` the bias of the ``1/B`` variance.
+  these estimators, :func:`expected_biased_variance` the bias of the ``1/N`` variance.
+
+As in the book, ``N`` is the batch size (the number of samples in a mini-batch).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class SoftmaxHistory:
 
     Each list has one entry per evaluation (the first is before any update): ``epochs`` is the
     number of passes over the data so far (fractional), ``updates`` the number of parameter
-    updates, ``seconds`` the wall-clock time spent on updates (evaluation excluded) and
+    updates, ``seconds`` the CPU time spent on updates (evaluation excluded) and
     ``loss`` the cross-entropy on the full training set.
     """
 
@@ -108,6 +110,17 @@ class SoftmaxHistory:
     updates: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+
+    def first_reaching(self, loss: float) -> int | None:
+        """Index of the first evaluation whose training loss is at most ``loss`` (None: never)."""
+        return next((i for i, value in enumerate(self.loss) if value <= loss), None)
+
+    def loss_after(self, updates: int) -> float:
+        """Training loss at the first evaluation after at least ``updates`` parameter updates."""
+        index = next((i for i, count in enumerate(self.updates) if count >= updates), None)
+        if index is None:
+            raise ValueError(f"the run made only {self.updates[-1]} updates, not {updates}")
+        return self.loss[index]
 
 
 # Small matrices gain nothing from BLAS threads, and on a busy machine waiting threads
@@ -179,12 +192,14 @@ def train_softmax_regression(
     for epoch in tqdm(range(epochs), desc=f"batch size {batch_size}", disable=not progress):
         order = rng.permutation(n)
         for b in range(batches_per_epoch):
-            start = time.perf_counter()
+            # CPU time of this thread: unlike wall-clock time, it does not grow when other
+            # programs share the machine, so runs measured at different moments compare.
+            start = time.thread_time()
             rows = order[b * batch_size : (b + 1) * batch_size]
             _, dlogits = softmax_cross_entropy(x[rows] @ weights + bias, labels[rows])
             weights -= learning_rate * (x[rows].T @ dlogits)
             bias -= learning_rate * dlogits.sum(axis=0)
-            seconds += time.perf_counter() - start
+            seconds += time.thread_time() - start
             updates += 1
             if b in eval_points:
                 record(epoch + (b + 1) / batches_per_epoch, updates, seconds)
@@ -192,17 +207,17 @@ def train_softmax_regression(
 
 
 def plot_training_histories(histories: list[SoftmaxHistory]) -> plt.Figure:
-    """Three panels: training loss against epochs, parameter updates and wall-clock seconds."""
+    """Three panels: training loss against epochs, parameter updates and CPU seconds."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
     for history in histories:
-        label = f"B = {history.batch_size} (lr {history.learning_rate:g})"
+        label = f"N = {history.batch_size} (lr {history.learning_rate:g})"
         axes[0].plot(history.epochs, history.loss, label=label)
         # skip the point at 0 updates / 0 s: the x axes are logarithmic
         axes[1].plot(history.updates[1:], history.loss[1:], label=label)
         axes[2].plot(history.seconds[1:], history.loss[1:], label=label)
     axes[0].set_xlabel("epochs (passes over the data)")
     axes[1].set_xlabel("parameter updates")
-    axes[2].set_xlabel("wall-clock seconds spent on updates")
+    axes[2].set_xlabel("CPU seconds spent on updates")
     axes[1].set_xscale("log")
     axes[2].set_xscale("log")
     axes[0].set_ylabel("training cross-entropy")
@@ -228,13 +243,13 @@ def sample_batch_statistics(
 
     Args:
         population: ``(P,)`` float array, the values of one feature over the whole data set.
-        batch_size: ``B >= 1``.
+        batch_size: ``N >= 1``.
         num_draws: number of batches.
         seed: seed of the random generator.
 
     Returns:
         ``(means, variances)``, each ``(num_draws,)`` float64:
-        ``mu_B = (1/B) sum_i x_i`` and the biased ``sigma_B^2 = (1/B) sum_i (x_i - mu_B)^2``,
+        ``mu_B = (1/N) sum_i x_i`` and the biased ``sigma_B^2 = (1/N) sum_i (x_i - mu_B)^2``,
         as in Batch Normalization.
     """
     values = _check_population(population)
@@ -243,33 +258,34 @@ def sample_batch_statistics(
         raise ValueError(f"num_draws must be at least 1, got {num_draws}")
     rng = np.random.default_rng(seed)
     batches = values[rng.integers(0, values.size, size=(num_draws, batch_size))]
-    return batches.mean(axis=1), batches.var(axis=1)  # np.var uses 1/B by default (ddof=0)
+    return batches.mean(axis=1), batches.var(axis=1)  # np.var uses 1/N by default (ddof=0)
 
 
 def std_of_batch_mean(sigma: float, batch_size) -> np.ndarray:
-    """Standard deviation of the mean of ``B`` i.i.d. values with standard deviation sigma.
+    """Standard deviation of the mean of ``N`` i.i.d. values with standard deviation sigma.
 
-    ``std(mu_B) = sigma / sqrt(B)``. ``batch_size`` may be an int or an array of ints.
+    ``std(mu_B) = sigma / sqrt(N)``. ``batch_size`` may be an int or an array of ints.
     """
     return sigma / np.sqrt(np.asarray(batch_size, dtype=np.float64))
 
 
 def std_of_batch_variance(sigma2: float, mu4: float, batch_size, biased: bool = True) -> np.ndarray:
-    """Standard deviation of the sample variance of ``B`` i.i.d. values.
+    """Standard deviation of the sample variance of ``N`` i.i.d. values.
 
-    For the unbiased ``s^2 = (1/(B-1)) sum (x_i - mu_B)^2``::
+    For the unbiased ``var_unbiased = (1/(N-1)) sum (x_i - mu_B)^2``::
 
-        Var(s^2) = (mu4 - (B - 3) / (B - 1) * sigma^4) / B
+        Var(var_unbiased) = (mu4 - (N - 3) / (N - 1) * sigma^4) / N
 
     with ``sigma2 = sigma^2`` the population variance and ``mu4 = E[(x - mu)^4]`` the fourth
-    central moment (``3 sigma^4`` for a Gaussian, which gives ``2 sigma^4 / (B - 1)``). The
-    biased ``sigma_B^2 = (B-1)/B s^2`` has ``Var(sigma_B^2) = ((B-1)/B)^2 Var(s^2)``.
+    central moment (``3 sigma^4`` for a Gaussian, which gives ``2 sigma^4 / (N - 1)``). The
+    biased ``sigma_B^2 = (N-1)/N var_unbiased`` has
+    ``Var(sigma_B^2) = ((N-1)/N)^2 Var(var_unbiased)``.
 
     Args:
         sigma2: population variance.
         mu4: population fourth central moment.
-        batch_size: ``B >= 2``, int or array of ints.
-        biased: spread of the ``1/B`` estimator (True, what BN uses) or the ``1/(B-1)`` one.
+        batch_size: ``N >= 2``, int or array of ints.
+        biased: spread of the ``1/N`` estimator (True, what BN uses) or the ``1/(N-1)`` one.
     """
     b = np.asarray(batch_size, dtype=np.float64)
     if np.any(b < 2):
@@ -281,7 +297,7 @@ def std_of_batch_variance(sigma2: float, mu4: float, batch_size, biased: bool = 
 
 
 def expected_biased_variance(sigma2: float, batch_size) -> np.ndarray:
-    """``E[sigma_B^2] = (B - 1) / B * sigma^2`` for the ``1/B`` variance of ``B`` i.i.d. values."""
+    """``E[sigma_B^2] = (N - 1) / N * sigma^2`` for the ``1/N`` variance of ``N`` i.i.d. values."""
     b = np.asarray(batch_size, dtype=np.float64)
     return (b - 1.0) / b * sigma2
 
@@ -321,14 +337,14 @@ def plot_estimator_spread(spread: dict[str, np.ndarray]) -> plt.Figure:
     """Log-log plots of the measured spread of ``mu_B`` and ``sigma_B^2`` against the formulas."""
     sizes = spread["batch_sizes"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].loglog(sizes, spread["std_mean"], "o", label=r"measured std of $\mu_B$")
-    axes[0].loglog(sizes, spread["theory_std_mean"], "-", label=r"$\sigma/\sqrt{B}$")
-    axes[1].loglog(sizes, spread["std_var"], "o", label=r"measured std of $\sigma_B^2$")
-    axes[1].loglog(
-        sizes, spread["theory_std_var"], "-", label=r"$\frac{B-1}{B}\sqrt{\mathrm{Var}(s^2)}$"
-    )
-    for ax, title in zip(axes, ["batch mean", "batch variance (1/B)"], strict=True):
-        ax.set_xlabel("batch size B")
+    axes[0].loglog(sizes, spread["std_mean"], "o", label=r"measured std of $\mu_\mathcal{B}$")
+    axes[0].loglog(sizes, spread["theory_std_mean"], "-", label=r"$\sigma/\sqrt{N}$")
+    axes[1].loglog(sizes, spread["std_var"], "o",
+                   label=r"measured std of $\sigma^2_\mathcal{B}$")
+    axes[1].loglog(sizes, spread["theory_std_var"], "-",
+                   label=r"$\frac{N-1}{N}\sqrt{\mathrm{Var}(\tilde\sigma^2_\mathcal{B})}$")
+    for ax, title in zip(axes, ["batch mean", "batch variance (1/N)"], strict=True):
+        ax.set_xlabel("batch size N")
         ax.set_ylabel("standard deviation over batches")
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")

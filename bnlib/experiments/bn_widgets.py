@@ -50,7 +50,7 @@ DEFAULT_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def _stat_ranges(population: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Fixed x ranges for the two histograms, wide enough for B = 2, so panels compare."""
+    """Fixed x ranges for the two histograms, wide enough for N = 2, so panels compare."""
     low, high = float(population.min()), float(population.max())
     pad = 0.02 * (high - low)
     mean_range = (low - pad, high + pad)  # a batch mean always lies between min and max
@@ -70,7 +70,8 @@ def draw_batch_statistics(
 
     The batches come from :func:`bnlib.experiments.batch_stats.sample_batch_statistics`.
     Vertical lines mark the population mean and variance ``sigma^2`` and the expectation
-    ``(B-1)/B sigma^2`` of the batch variance; a curve shows ``N(mu, sigma^2 / B)``.
+    ``(N-1)/N sigma^2`` of the batch variance (``N`` = batch size); a curve shows the normal
+    density with mean ``mu`` and variance ``sigma^2 / N``.
 
     Returns:
         ``(means, variances)``, the ``(num_draws,)`` arrays that were plotted.
@@ -87,9 +88,9 @@ def draw_batch_statistics(
     grid = np.linspace(*mean_range, 200)
     spread = float(std_of_batch_mean(np.sqrt(sigma2), batch_size))
     normal = np.exp(-0.5 * ((grid - mu) / spread) ** 2) / (spread * np.sqrt(2.0 * np.pi))
-    ax_mean.plot(grid, normal, color="k", lw=1, label=r"$N(\mu, \sigma^2/B)$")
+    ax_mean.plot(grid, normal, color="k", lw=1, label=r"$\mathcal{N}(\mu, \sigma^2/N)$")
     ax_mean.axvline(mu, color="C3", label=r"population $\mu$")
-    ax_mean.set_title(rf"$\mu_B$, B = {batch_size}")
+    ax_mean.set_title(rf"$\mu_\mathcal{{B}}$, N = {batch_size}")
     ax_mean.set_xlim(mean_range)
 
     ax_var.hist(variances, bins=40, range=var_range, density=True, color="C1", alpha=0.7)
@@ -98,9 +99,9 @@ def draw_batch_statistics(
         float(expected_biased_variance(sigma2, batch_size)),
         color="k",
         ls="--",
-        label=r"$\frac{B-1}{B}\sigma^2$",
+        label=r"$\frac{N-1}{N}\sigma^2$",
     )
-    ax_var.set_title(rf"$\sigma_B^2$, B = {batch_size}")
+    ax_var.set_title(rf"$\sigma^2_\mathcal{{B}}$, N = {batch_size}")
     ax_var.set_xlim(var_range)
     for ax in axes:
         ax.set_yticks([])
@@ -124,7 +125,7 @@ def batch_size_widget(
     slider = widgets.SelectionSlider(
         options=[int(b) for b in batch_sizes],
         value=int(batch_sizes[len(batch_sizes) // 2]),
-        description="batch size B",
+        description="batch size N",
         continuous_update=False,
         style={"description_width": "initial"},
     )
@@ -165,7 +166,7 @@ def plot_batch_size_grid(
 def bn_transform_feature(
     x: np.ndarray, feature: int, gamma: float, beta: float, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Batch-normalise ``x`` with ``bnlib.numpy.batchnorm_forward`` and return one feature.
+    """Batch-normalize ``x`` with ``bnlib.numpy.batchnorm_forward`` and return one feature.
 
     Every feature gets the same ``gamma`` and ``beta``; only column ``feature`` is returned.
 
@@ -199,7 +200,7 @@ def draw_bn_feature(
 ) -> np.ndarray:
     """Histogram feature ``feature`` of ``x`` before BN on ``axes[0]`` and after on ``axes[1]``.
 
-    Returns the ``(N,)`` normalised feature that was plotted.
+    Returns the ``(N,)`` normalized feature that was plotted.
     """
     if len(axes) != 2:
         raise ValueError(f"axes must hold 2 Axes (before, after), got {len(axes)}")

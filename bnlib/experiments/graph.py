@@ -57,22 +57,25 @@ class GraphEdge:
 
 
 def batchnorm_graph_edges() -> tuple[GraphEdge, ...]:
-    """Edges of the BN graph with their local derivatives (per feature, m = batch size).
+    """Edges of the BN graph with their local derivatives.
+
+    Per feature, over the M values that its statistics are taken over (M = N for an (N, D)
+    input, N*H*W for (N, C, H, W)); mu and var are the batch mean and batch variance.
 
     Returns:
         tuple of GraphEdge; every node of COMPUTATION_NODES and PARAMETER_NODES appears.
     """
     return (
-        GraphEdge("x", "mu", r"$\frac{1}{m}$"),
+        GraphEdge("x", "mu", r"$\frac{1}{M}$"),
         GraphEdge("x", "x-mu", r"$1$"),
         GraphEdge("mu", "x-mu", r"$-1$"),
-        GraphEdge("x-mu", "(x-mu)^2", r"$2(x-\mu)$"),
-        GraphEdge("(x-mu)^2", "var", r"$\frac{1}{m}$"),
+        GraphEdge("x-mu", "(x-mu)^2", r"$2(x-\mu_\mathcal{B})$"),
+        GraphEdge("(x-mu)^2", "var", r"$\frac{1}{M}$"),
         GraphEdge("var", "var+eps", r"$1$"),
         GraphEdge("var+eps", "sqrt", r"$\frac{1}{2\sqrt{\cdot}}$"),
         GraphEdge("sqrt", "1/sqrt", r"$-\frac{1}{(\sqrt{\cdot})^2}$"),
-        GraphEdge("x-mu", "xhat", r"$\frac{1}{\sqrt{\sigma^2+\epsilon}}$"),
-        GraphEdge("1/sqrt", "xhat", r"$x-\mu$"),
+        GraphEdge("x-mu", "xhat", r"$\frac{1}{\sqrt{\sigma^2_\mathcal{B}+\epsilon}}$"),
+        GraphEdge("1/sqrt", "xhat", r"$x-\mu_\mathcal{B}$"),
         GraphEdge("xhat", "gamma*xhat", r"$\gamma$"),
         GraphEdge("gamma", "gamma*xhat", r"$\hat{x}$"),
         GraphEdge("gamma*xhat", "+beta", r"$1$"),
@@ -133,11 +136,11 @@ _NODE_POSITIONS: dict[str, tuple[float, float]] = {
 
 _NODE_LABELS: dict[str, str] = {
     "x": r"$x$",
-    "mu": r"$\mu$",
-    "x-mu": r"$x-\mu$",
-    "(x-mu)^2": r"$(x-\mu)^2$",
-    "var": r"$\sigma^2$",
-    "var+eps": r"$\sigma^2+\epsilon$",
+    "mu": r"$\mu_\mathcal{B}$",
+    "x-mu": r"$x-\mu_\mathcal{B}$",
+    "(x-mu)^2": r"$(x-\mu_\mathcal{B})^2$",
+    "var": r"$\sigma^2_\mathcal{B}$",
+    "var+eps": r"$\sigma^2_\mathcal{B}+\epsilon$",
     "sqrt": r"$\sqrt{\cdot}$",
     "1/sqrt": r"$1/\sqrt{\cdot}$",
     "xhat": r"$\hat{x}$",

@@ -153,14 +153,14 @@ class BNMLP:
         self.grads: dict[str, np.ndarray] = {}
 
     def train(self) -> BNMLP:
-        """Training mode: BN normalises with batch statistics and updates running stats."""
+        """Training mode: BN normalizes with batch statistics and updates running stats."""
         self.training = True
         if self.bn is not None:
             self.bn.train()
         return self
 
     def eval(self) -> BNMLP:
-        """Evaluation mode: BN normalises with its running statistics."""
+        """Evaluation mode: BN normalizes with its running statistics."""
         self.training = False
         if self.bn is not None:
             self.bn.eval()

@@ -1,29 +1,15 @@
 // Loaded on pages with ipywidgets, after require.js and before the widget manager (embed-amd.js).
+// Serve the widget manager's own files (fonts) from this site instead of a CDN. embed-amd.js
+// defines these RequireJS modules and finds its files relative to each module's path; map the
+// paths to _static/html-manager/dist, computed from this script's URL so that it works at any
+// page depth. (Unmapped, a module resolves next to the page, where no font is: Live Code's
+// widgets would ask for chapters/@jupyter-widgets/<font>.)
 (function () {
-  // 1. Serve the widget manager's own files (fonts) from this site instead of a CDN.
-  // embed-amd.js finds them relative to the RequireJS module
-  // "@jupyter-widgets/html-manager/dist/libembed-amd"; map that path to _static/html-manager/dist,
-  // computed from this script's URL so that it works at any page depth.
-  var staticRoot = document.currentScript.src.replace(/widgets-config\.js(\?.*)?$/, "");
-  require.config({
-    paths: { "@jupyter-widgets/html-manager/dist": staticRoot + "html-manager/dist" },
+  var dist = document.currentScript.src.replace(/widgets-config\.js(\?.*)?$/, "") +
+    "html-manager/dist";
+  var paths = { "@jupyter-widgets/html-manager/dist": dist };
+  ["base", "base7", "controls", "controls7", "html-manager"].forEach(function (name) {
+    paths["@jupyter-widgets/" + name] = dist + "/" + name;
   });
-
-  // 2. ipywidgets typesets widget labels with the MathJax 2 call MathJax.Hub.Queue; the site
-  // runs MathJax 3, so translate that call. This listener is registered before the widget
-  // manager's, so it runs first (MathJax, a deferred script, is defined by then).
-  document.addEventListener("DOMContentLoaded", function () {
-    var mathjax = window.MathJax;
-    if (!mathjax || mathjax.Hub || !mathjax.startup) {
-      return;
-    }
-    mathjax.Hub = {
-      Queue: function (command) {
-        var element = Array.isArray(command) ? command[2] : undefined;
-        mathjax.startup.promise.then(function () {
-          return mathjax.typesetPromise(element ? [element] : undefined);
-        });
-      },
-    };
-  });
+  require.config({ paths: paths });
 })();

@@ -2,7 +2,10 @@
 
 The build (``jupyter-book build . --all -W -n --keep-going``) runs once per session, the first
 time a test asks for ``built_site``; every page is then opened once in Chromium, driven by
-Playwright, and what the browser saw is collected in ``page_reports`` for the tests to check.
+Playwright, with every host but the local server blocked, and what the browser saw (requests,
+console, typeset maths, widgets, images, and the text a reader reads) is collected in
+``page_reports`` for the tests to check. ``live_code_report`` presses one page's "Live Code"
+button the same way.
 
 Environment variables:
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,11 +126,37 @@ class PageReport:
     console_errors: list[str] = field(default_factory=list)
     failed_local_requests: list[str] = field(default_factory=list)
     external_requests: list[str] = field(default_factory=list)
+    local_responses: list[tuple[int, str]] = field(default_factory=list)  # (status, path)
     has_math: bool = False
     mathjax_containers: int = 0
+    math_errors: list[str] = field(default_factory=list)  # formulas MathJax could not parse
     has_widgets: bool = False
     rendered_widgets: int = 0
     images: list[tuple[str, int]] = field(default_factory=list)  # (src, naturalWidth)
+    text_blocks: list[str] = field(default_factory=list)  # what a reader reads, block by block
+    output_tables: int = 0  # <table>s in the outputs of code cells
+    live_cells: int = 0  # code cells that Thebe turned into editors (live_code_report only)
+    code_cells: int = 0
+
+
+# The text of each block of the page's main column (paragraphs, list items, table cells,
+# headings), leaving out code, outputs printed as text, API signatures and maths typeset by
+# MathJax: the prose and rendered outputs a reader reads, where no Markdown should be left.
+_TEXT_BLOCKS_JS = """() => {
+    const skipped = "pre, code, script, style, textarea, mjx-container, .sig";
+    const blocks = document.querySelectorAll(
+        "main :is(p, li, dt, dd, td, th, h1, h2, h3, h4, h5, h6, caption, figcaption)");
+    return Array.from(blocks, (block) => {
+        const walker = document.createTreeWalker(block, NodeFilter.SHOW_TEXT);
+        let text = "";
+        while (walker.nextNode()) {
+            if (!walker.currentNode.parentElement.closest(skipped)) {
+                text += walker.currentNode.textContent;
+            }
+        }
+        return text;
+    }).filter((text) => text.trim() !== "");
+}"""
 
 
 def _launch_chromium(playwright):
@@ -141,8 +171,8 @@ def _launch_chromium(playwright):
     )
 
 
-def _visit(context, url: str, document: str) -> PageReport:
-    report = PageReport(document)
+def _open_watched(context, report: PageReport):
+    """A new page that blocks every host but the local server and records what happens."""
     page = context.new_page()
 
     def route(route_obj):
@@ -154,8 +184,11 @@ def _visit(context, url: str, document: str) -> PageReport:
             route_obj.continue_()
 
     def on_response(response):
-        if response.status >= 400 and urlsplit(response.url).hostname in LOCAL_HOSTS:
-            report.failed_local_requests.append(f"{response.status} {response.url}")
+        parts = urlsplit(response.url)
+        if parts.hostname in LOCAL_HOSTS:
+            report.local_responses.append((response.status, parts.path))
+            if response.status >= 400:
+                report.failed_local_requests.append(f"{response.status} {response.url}")
 
     def on_request_failed(request):
         if urlsplit(request.url).hostname in LOCAL_HOSTS:
@@ -170,7 +203,12 @@ def _visit(context, url: str, document: str) -> PageReport:
     page.on("requestfailed", on_request_failed)
     page.on("console", on_console)
     page.on("pageerror", lambda error: report.console_errors.append(f"page error: {error}"))
+    return page
 
+
+def _visit(context, url: str, document: str) -> PageReport:
+    report = PageReport(document)
+    page = _open_watched(context, report)
     page.goto(url, wait_until="load")
     html = page.content()
     report.has_math = page.locator(".math").count() > 0
@@ -181,6 +219,10 @@ def _visit(context, url: str, document: str) -> PageReport:
                 await MathJax.startup.promise;
                 return document.querySelectorAll('mjx-container').length;
             }"""
+        )
+        report.math_errors = page.evaluate(
+            """() => Array.from(document.querySelectorAll('mjx-merror'),
+                (error) => error.getAttribute('data-mjx-error') || error.textContent)"""
         )
     report.has_widgets = "application/vnd.jupyter.widget-view+json" in html
     if report.has_widgets:
@@ -195,6 +237,8 @@ def _visit(context, url: str, document: str) -> PageReport:
         "() => Array.from(document.images).map(img => [img.currentSrc || img.src,"
         " img.complete ? img.naturalWidth : 0])"
     )
+    report.text_blocks = page.evaluate(_TEXT_BLOCKS_JS)
+    report.output_tables = page.locator("main .cell_output table").count()
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT_DIR / (document.replace("/", "__") + ".png")))
     page.close()
@@ -217,3 +261,82 @@ def page_reports(site_url: str) -> dict[str, PageReport]:
             context.close()
             browser.close()
     return reports
+
+
+def live_code_document() -> str:
+    """The first page of the table of contents that has code cells (and so a Live Code button)."""
+    for document in toc_documents():
+        source = ROOT / f"{document}.md"
+        if source.is_file() and "```{code-cell}" in source.read_text(encoding="utf-8"):
+            return document
+    pytest.fail("no page of the table of contents has code cells", False)
+
+
+@pytest.fixture(scope="session")
+def live_code_report(site_url: str) -> PageReport:
+    """Press "Live Code" on one page, with every other host blocked, and report what happened.
+
+    Thebe turns the code cells into editors and asks Binder for a kernel; the request to Binder
+    is blocked here (it is the one host a live session must reach), so no kernel starts.
+    """
+    from playwright.sync_api import sync_playwright
+
+    document = live_code_document()
+    report = PageReport(document)
+    with sync_playwright() as playwright:
+        browser = _launch_chromium(playwright)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = _open_watched(context, report)
+            page.goto(f"{site_url}{document}.html", wait_until="load")
+            report.code_cells = page.locator("main .cell .cell_input").count()
+            # The button of the launch menu; sphinx-thebe's script (async) must be there first.
+            page.wait_for_function("typeof initThebe === 'function'", timeout=RENDER_TIMEOUT_MS)
+            page.locator("button.btn-launch-thebe").dispatch_event("click")
+            try:
+                page.wait_for_selector(".thebe-cell", timeout=RENDER_TIMEOUT_MS)
+            except Exception:  # noqa: BLE001 - a timeout is reported as zero live cells below
+                pass
+            page.wait_for_load_state("networkidle")
+            report.live_cells = page.locator(".thebe-cell .CodeMirror").count()
+            SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT_DIR / "live_code.png"))
+        finally:
+            context.close()
+            browser.close()
+    return report
+
+
+def binder_host() -> str:
+    """The host of the Binder service that _config.yml's launch buttons use."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return urlsplit(config["launch_buttons"]["binderhub_url"]).hostname
+
+
+def computed_markdown_tables(document: str) -> int:
+    """How many pipe tables the code cells of ``document`` display as Markdown outputs.
+
+    Read from the notebook as the build executed it (matched in its Jupyter cache); outputs of
+    glue calls and of cells whose output is removed are not shown in place, so they do not count.
+    """
+    import jupytext
+    from jupyter_cache import get_cache
+
+    source = jupytext.read(ROOT / f"{document}.md")
+    if "kernelspec" not in source.metadata:
+        return 0  # a plain page, not a notebook (the landing page, the glossary)
+    cache = get_cache(BUILD_DIR / ".jupyter_cache")
+    executed = cache.get_cache_bundle(cache.match_cache_notebook(source).pk).nb
+    count = 0
+    for cell in executed.cells:
+        if {"remove-output", "remove-cell"} & set(cell.get("metadata", {}).get("tags", [])):
+            continue
+        for output in cell.get("outputs", []):
+            markdown = output.get("data", {}).get("text/markdown", "")
+            if "scrapbook" not in output.get("metadata", {}) and _TABLE_RULE.search(markdown):
+                count += 1
+    return count
+
+
+# The rule under a pipe table's header: |---|:--:|...
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*\|", re.MULTILINE)

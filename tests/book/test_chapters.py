@@ -174,3 +174,114 @@ def test_citations_are_in_references_bib():
              for content in re.findall(ROLE % "cite(?::[pt])?", text)
              for key in content.split(",") if key.strip() not in keys}
     assert not cited, f"citation keys missing from references.bib: {sorted(cited)}"
+
+
+# --- wording and notation (the book's conventions) --------------------------------------------
+
+CHAPTER_SOURCES = sorted((ROOT / "chapters").glob("*.md"))
+# Pages whose maths follows the notation table of intro.md (chapters join as they convert).
+NOTATION_PAGES = [ROOT / "intro.md", ROOT / "chapters" / "glossary.md"] + [
+    ROOT / "chapters" / f"{name}.md" for name in list(CHAPTERS)[:5]]
+# Symbols the notation table retires: m (batch size, momentum, running mean), s (several
+# things) and B (batch size, sequences, bandwidth; the mini-batch is calligraphic B).
+RETIRED_SYMBOLS = re.compile(r"(?<![A-Za-z])[msB](?![A-Za-z])")
+CODE_CELL = re.compile(r"^```\{code-cell\}.*?^```", re.MULTILINE | re.DOTALL)
+MATH = re.compile(r"\$\$(.+?)\$\$|\$([^$\n]+?)\$", re.DOTALL)
+# Commands whose braced argument is text or a font, not a symbol: \mathcal{B} is the mini-batch.
+TEXT_COMMAND = re.compile(r"\\(?:text|mathrm|operatorname|mathcal|mathbb|mathbf)\{[^{}]*\}")
+
+
+def prose(path) -> str:
+    """A page without its code cells: what is written as text and maths."""
+    return CODE_CELL.sub("", path.read_text(encoding="utf-8"))
+
+
+def retired_symbols(text: str) -> list[str]:
+    """The maths formulas of ``text`` that use m, s or B as a symbol."""
+    found = []
+    for match in MATH.finditer(text):
+        formula = match.group(1) or match.group(2)
+        bare = re.sub(r"\\[A-Za-z]+", " ", TEXT_COMMAND.sub(" ", formula))
+        if RETIRED_SYMBOLS.search(bare):
+            found.append(formula.strip())
+    return found
+
+
+def test_retired_symbols_are_found_in_maths_only():
+    assert retired_symbols(r"the mean $\mu_B$ over $m$ values, $\frac{1}{B}$") == [
+        r"\mu_B", "m", r"\frac{1}{B}"]
+    assert retired_symbols(r"over $\mathcal{B}$, $\sigma^2_\mathcal{B}$, $\text{mean}$, "
+                           r"$\operatorname{sigmoid}(z)$, $\sum_i$ and a batch B of m") == []
+
+
+@pytest.mark.parametrize("path", NOTATION_PAGES, ids=lambda path: path.name)
+def test_maths_uses_the_notation_table(path):
+    assert retired_symbols(prose(path)) == [], (
+        f"{path.name} uses m, s or B as a symbol; see the notation table in intro.md"
+    )
+
+
+@pytest.mark.parametrize("path", [ROOT / "intro.md", *CHAPTER_SOURCES],
+                         ids=lambda path: path.name)
+def test_spelling_is_normalize(path):
+    lines = [f"{number}: {line.strip()}"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if "normalis" in line.lower()]
+    assert lines == [], f"{path.name} spells normalize with an s:\n" + "\n".join(lines)
+
+
+# How the book was made is not the book's subject: sources are named for what they are.
+MAKING_OF = re.compile(r"source texts?|seed claims?|seed texts?|the seed's|reference notes|"
+                       r"texts? (?:this|the) course grew from", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", [ROOT / "intro.md", *CHAPTER_SOURCES],
+                         ids=lambda path: path.name)
+def test_no_sentence_speaks_of_how_the_book_was_made(path):
+    found = MAKING_OF.findall(path.read_text(encoding="utf-8"))
+    assert found == [], f"{path.name} speaks of how the book was made: {found}"
+
+
+# --- the glossary points to the chapters that explain its terms ---------------------------------
+
+# How a chapter may name a glossary term when not by the term itself.
+TERM_ALIASES = {
+    "gamma": [r"\gamma"], "beta": [r"\beta"], "epsilon": [r"\epsilon"],
+    "affine transform": ["affine"], "vanishing gradient": ["vanishing"],
+    "saturation": ["saturat"], "folding": ["fold"], "welford's algorithm": ["welford"],
+    "fused kernel": ["fused"], "ridge point": ["ridge"],
+    "train/eval discrepancy": ["train/eval", "train-test", "eval mode", "evaluation mode"],
+}
+CHAPTER_OF_LABEL = {label: name for name, (label, _, _) in CHAPTERS.items()}
+
+
+def glossary_entries() -> dict[str, str]:
+    """Term -> definition text, from the {glossary} block of chapters/glossary.md."""
+    body = (ROOT / "chapters" / "glossary.md").read_text(encoding="utf-8")
+    body = body.split("```{glossary}", 1)[1].split("\n```", 1)[0]
+    entries, term = {}, None
+    for line in body.splitlines():
+        if line.strip() and not line.startswith((" ", "\t")):
+            term = line.strip()
+            entries[term] = ""
+        elif term is not None:
+            entries[term] += line.strip() + " "
+    return entries
+
+
+@pytest.mark.parametrize("term", list(glossary_entries()))
+def test_glossary_entry_points_to_a_chapter_that_explains_it(term):
+    definition = glossary_entries()[term]
+    chapters = [CHAPTER_OF_LABEL[label] for label in role_targets(definition, "ref")
+                if label in CHAPTER_OF_LABEL]
+    if not chapters:
+        assert role_targets(definition, "cite(?::[pt])?"), (
+            f"glossary: {term!r} names no chapter and cites no source"
+        )
+        return
+    names = [term.lower()] + [alias.lower() for alias in TERM_ALIASES.get(term.lower(), [])]
+    # Whitespace folded, so that a term broken across two lines still counts.
+    silent = [name for name in chapters
+              if not any(alias in " ".join(chapter_text(name).lower().split())
+                         for alias in names)]
+    assert silent == [], f"glossary: {term!r} points to chapters that never mention it: {silent}"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bnlib.experiments.batch_stats import (
+    SoftmaxHistory,
     estimator_spread,
     expected_biased_variance,
     plot_estimator_spread,
@@ -95,6 +96,19 @@ def test_evals_per_epoch_sets_the_number_of_records(blobs):
     )
     assert len(history.loss) == 1 + 2 * 3
     np.testing.assert_allclose(history.epochs, [0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2], atol=0.05)
+
+
+def test_history_finds_when_a_loss_is_reached_and_the_loss_after_some_updates():
+    history = SoftmaxHistory(batch_size=4, learning_rate=0.1, epochs=[0, 1, 2, 3],
+                             updates=[0, 10, 20, 30], seconds=[0.0, 0.1, 0.2, 0.3],
+                             loss=[2.0, 1.0, 0.5, 0.6])
+    assert history.first_reaching(1.0) == 1
+    assert history.first_reaching(0.55) == 2
+    assert history.first_reaching(0.4) is None
+    assert history.loss_after(10) == 1.0
+    assert history.loss_after(11) == 0.5
+    with pytest.raises(ValueError, match="only 30 updates, not 31"):
+        history.loss_after(31)
 
 
 def test_full_batch_training_is_one_gradient_step_per_epoch(blobs):

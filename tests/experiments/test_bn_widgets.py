@@ -80,9 +80,9 @@ def test_plot_batch_size_grid_has_two_rows_per_batch_size(population):
     fig = plot_batch_size_grid(population, batch_sizes=(2, 8, 32), num_draws=200)
     assert len(fig.axes) == 6
     assert [ax.get_title() for ax in fig.axes[:3]] == [
-        r"$\mu_B$, B = 2",
-        r"$\mu_B$, B = 8",
-        r"$\mu_B$, B = 32",
+        r"$\mu_\mathcal{B}$, N = 2",
+        r"$\mu_\mathcal{B}$, N = 8",
+        r"$\mu_\mathcal{B}$, N = 32",
     ]
 
 

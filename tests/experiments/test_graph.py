@@ -58,7 +58,7 @@ def test_figure_draws_every_node_and_edge_label():
     texts = [t.get_text() for t in ax.texts if t.get_text()]
     # 14 node boxes + 15 local-derivative labels.
     assert len(texts) == 14 + len(batchnorm_graph_edges())
-    assert r"$\hat{x}$" in texts and r"$\sigma^2+\epsilon$" in texts
+    assert r"$\hat{x}$" in texts and r"$\sigma^2_\mathcal{B}+\epsilon$" in texts
     plt.close(fig)
 
 
