@@ -150,7 +150,7 @@ class BatchNormTrain(torch.autograd.Function):
     def backward(ctx, dy, _grad_mean, _grad_var):
         x, weight, mean, invstd = ctx.saved_tensors
         backend = _backward_backend(x, dy)
-        if backend is _composite:  # stats recomputed from x, so double backward sees them
+        if torch.is_grad_enabled():  # double backward: stats recomputed from x, in the graph
             _, mean, var = _composite.bn_forward_train(x, None, None, ctx.eps)
             invstd = torch.rsqrt(var + ctx.eps)
         dx, dweight, dbias = backend.bn_backward_train(dy, x, weight, mean, invstd)
@@ -319,7 +319,7 @@ class LayerNorm(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         rows, dy_rows = _rows(x, ctx.row_size), _rows(dy, ctx.row_size)
         backend = _backward_backend(x, dy)
-        if backend is _composite:  # stats recomputed from x, so double backward sees them
+        if torch.is_grad_enabled():  # double backward: stats recomputed from x, in the graph
             _, mean, rstd = _composite.ln_forward(rows, None, None, ctx.eps)
         dx, dweight, dbias = backend.ln_backward(dy_rows, rows, _flat(weight), mean, rstd)
         return _grads_of_x_weight_bias(ctx, _as_input(dx, x), dweight, dbias, weight)
