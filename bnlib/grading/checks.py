@@ -117,7 +117,7 @@ class Check:
 
     ``after``: the graded function whose output feeds this one (a backward's forward): the
     driver calls it first, and its own judge must pass first. The remaining fields are set by
-    the :class:`Assignment` from the declaration."""
+    the ``Assignment`` from the declaration."""
 
     name: str
     description: str
@@ -552,7 +552,7 @@ def other_eps(change: Callable[[float], float]) -> Callable[[dict], dict]:
     return case_with
 
 
-#: Mistakes about eps, as changes of the eps a correct formula uses: (message, change).
+# Mistakes about eps, as changes of the eps a correct formula uses: (message, change).
 EPS_MISTAKES = [
     ("eps is added twice (for example var + eps, then sqrt(var + eps) again): add it once, "
      "inside the square root", other_eps(lambda eps: 2 * eps)),

@@ -219,7 +219,7 @@ def _record_state(result: dict, module, prefix: str) -> None:
 
 
 def torch_module(functions: dict, case: dict) -> dict:
-    """BatchNorm2d(C, **options): its state at construction, a training step with a backward,
+    """``BatchNorm2d(C, **options)``: its state at construction, a training step with a backward,
     more training steps, its running statistics, then eval-mode output and state."""
     result: dict = {}
     _, failed = _guarded("BatchNorm2d", lambda: _train_and_evaluate(
