@@ -356,7 +356,7 @@ def diagnose(got: np.ndarray, case: dict, hypotheses: list[Hypothesis],
              facts: Callable[[np.ndarray], dict]) -> str:
     """The first hypothesis message whose recomputed output matches ``got``, else ''.
 
-    A message may quote the case's scalars ({eps}, {momentum}, ...) and ``facts(got)``."""
+    A message may quote the case's scalars (``{eps}``, ``{momentum}``, ...) and ``facts(got)``."""
     scalars = {k: v for k, v in case.items() if isinstance(v, int | float | str)}
     for message, recompute in hypotheses:
         try:
