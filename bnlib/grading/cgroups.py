@@ -218,8 +218,11 @@ class ProcessTree:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def _stats(self) -> dict[int, tuple[int, list[str]]]:
-        """pid -> (parent pid, the fields of /proc/<pid>/stat after the command name)."""
+        """pid -> (parent pid, the fields of /proc/<pid>/stat after the command name); empty
+        without /proc (off Linux: then only the wall-clock limits and per-process timers act)."""
         stats = {}
+        if not os.path.isdir("/proc"):
+            return stats
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue

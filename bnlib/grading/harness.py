@@ -121,6 +121,21 @@ def confine(job: dict, workdir: str) -> list[str]:
     return described
 
 
+def can_confine() -> bool:
+    """Whether this process may do what ``confine`` and ``split_into_namespace_processes`` do:
+    unshare the namespaces, and mount a /proc in a child of the new PID namespace (some
+    containers allow the first and not the second)."""
+    libc = _libc()
+    if libc.unshare(NAMESPACES) != 0 or \
+            libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+        return False
+    child = os.fork()
+    if child == 0:
+        mounted = libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None)
+        os._exit(0 if mounted == 0 else 1)
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
 def _die_with_parent() -> None:
     """SIGKILL this process when its parent dies (Linux). Set again after setuid, which
     clears it: without it a killed grader would leave a looping child behind."""
@@ -473,5 +488,7 @@ def main(workdir: str, commands_fd: int, replies_fd: int) -> int:
     return 0
 
 
-if __name__ == "__main__" and len(sys.argv) == 4:
+if __name__ == "__main__" and sys.argv[1:] == ["--probe"]:
+    os._exit(0 if can_confine() else 1)
+elif __name__ == "__main__" and len(sys.argv) == 4:
     os._exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

@@ -109,15 +109,14 @@ def describe_exit(returncode: int) -> str:
 @functools.cache
 def isolation_available() -> bool:
     """True where the sandbox can get namespaces and a private uid: Linux, running as root, and
-    allowed to unshare (a container without CAP_SYS_ADMIN is not). Probed once per process."""
+    allowed to unshare and mount a /proc (a container without CAP_SYS_ADMIN is not). Probed
+    once per process, with the harness's own code."""
     if not (sys.platform.startswith("linux") and os.geteuid() == 0
             and Path("/proc/self").exists()):
         return False
-    probe = ("import ctypes, sys; "
-             f"sys.exit(ctypes.CDLL(None).unshare({harness.NAMESPACES}) != 0)")
     try:
-        result = subprocess.run([os.path.realpath(sys.executable), "-I", "-S", "-c", probe],
-                                capture_output=True, timeout=30, env={})
+        result = subprocess.run([os.path.realpath(sys.executable), "-I", "-S", harness.__file__,
+                                 "--probe"], capture_output=True, timeout=30, env={})
     except (OSError, subprocess.SubprocessError):
         return False
     return result.returncode == 0
