@@ -74,51 +74,69 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
+def _mount_tmpfs(libc, path: str, options: str) -> None:
+    _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                      options.encode()), f"tmpfs on {path}")
+
+
 def confine(job: dict, workdir: str) -> list[str]:
     """As root (P0): new mount, network and PID namespaces; the host's folders hidden under
     empty tmpfs mounts, the ones the interpreter needs bound back read-only, the forbidden
     packages hidden again, and a small scratch tmpfs for the student."""
-    libc = _libc()
-    limits = job["limits"]
+    libc, limits = _libc(), job["limits"]
+    empty = f"size={limits['scratch_mb'] << 20},mode=0755"
     _check(libc.unshare(NAMESPACES), "unshare")
     _check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private")
-    keep = [p for p in dict.fromkeys([*job["keep"], workdir]) if os.path.isdir(p)]
-    keep_fds = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in keep}
-    hidden = []
-    empty = f"size={limits['scratch_mb'] << 20},mode=0755".encode()
-    for path in sorted(job["hide"], key=len):
-        if any(path.startswith(h + "/") for h in hidden) or not os.path.isdir(path):
-            continue
-        _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, empty),
-               f"hide {path}")
-        hidden.append(path)
-    for path, fd in keep_fds.items():
-        if any(path == h or path.startswith(h + "/") for h in hidden):
-            os.makedirs(path, exist_ok=True)
-            source = f"/proc/self/fd/{fd}".encode()
-            _check(libc.mount(source, path.encode(), None, _MS_BIND | _MS_REC, None),
-                   f"bind {path}")
-            _check(libc.mount(None, path.encode(), None,
-                              _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, None),
-                   f"read-only {path}")
-        os.close(fd)
-    packages = [folder for folder in job["forbidden_folders"] if os.path.isdir(folder)]
-    for folder in packages:
-        _check(libc.mount(b"tmpfs", folder.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, empty),
-               f"hide {folder}")
-        # an empty folder would import as an empty namespace package: say why instead
-        with open(os.path.join(folder, "__init__.py"), "w") as stub:
-            stub.write(f"raise ImportError({job['forbidden_folders'][folder]!r})\n")
+    # opened before hiding: the folders stay reachable through these descriptors
+    keep = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+            for p in dict.fromkeys([*job["keep"], workdir]) if os.path.isdir(p)}
+    hidden = _hide(libc, job["hide"], empty)
+    _bind_back_read_only(libc, keep, hidden)
+    packages = _hide_packages(libc, job["forbidden_folders"], empty)
     uid = job["uid"]
-    scratch = (f"size={limits['scratch_mb'] << 20},nr_inodes={limits['scratch_files']},"
-               f"mode=0700,uid={uid},gid={uid}")
-    _check(libc.mount(b"tmpfs", os.path.join(workdir, HOME_DIR).encode(), b"tmpfs",
-                      _MS_NOSUID | _MS_NODEV, scratch.encode()), "scratch tmpfs")
+    _mount_tmpfs(libc, os.path.join(workdir, HOME_DIR),
+                 f"size={limits['scratch_mb'] << 20},nr_inodes={limits['scratch_files']},"
+                 f"mode=0700,uid={uid},gid={uid}")
     described = ["network namespace (no network)", "PID namespace (a private /proc)",
                  "mount namespace hiding " + ", ".join(hidden)]
     if packages:
         described.append("forbidden packages hidden: " + ", ".join(packages))
     return described
+
+
+def _hide(libc, paths: list[str], options: str) -> list[str]:
+    """An empty tmpfs over each folder (the outermost of nested ones); the folders hidden."""
+    hidden = []
+    for path in sorted(paths, key=len):
+        if os.path.isdir(path) and not any(path.startswith(h + "/") for h in hidden):
+            _mount_tmpfs(libc, path, options)
+            hidden.append(path)
+    return hidden
+
+
+def _bind_back_read_only(libc, keep: dict[str, int], hidden: list[str]) -> None:
+    """Each kept folder (an open descriptor) that a hidden one covers, back in place,
+    read-only."""
+    for path, fd in keep.items():
+        if any(path == h or path.startswith(h + "/") for h in hidden):
+            os.makedirs(path, exist_ok=True)
+            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None,
+                              _MS_BIND | _MS_REC, None), f"bind {path}")
+            _check(libc.mount(None, path.encode(), None,
+                              _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, None),
+                   f"read-only {path}")
+        os.close(fd)
+
+
+def _hide_packages(libc, folders: dict[str, str], options: str) -> list[str]:
+    """An empty tmpfs over each forbidden package, holding only an ``__init__.py`` that raises
+    its message (an empty folder would import as an empty namespace package)."""
+    hidden = [folder for folder in folders if os.path.isdir(folder)]
+    for folder in hidden:
+        _mount_tmpfs(libc, folder, options)
+        with open(os.path.join(folder, "__init__.py"), "w") as stub:
+            stub.write(f"raise ImportError({folders[folder]!r})\n")
+    return hidden
 
 
 def can_confine() -> bool:

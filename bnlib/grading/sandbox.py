@@ -322,6 +322,21 @@ class _Child:
         os.close(self.replies.fd)
 
 
+class _StepClock:
+    """The time one step has used: wall-clock from when it was sent, CPU time of the whole
+    sandbox from its first sample on (the step had at most one tick before that)."""
+
+    def __init__(self, child: _Child, cpu_limit: float, wall_limit: float):
+        self.child, self.cpu_limit, self.wall_limit = child, cpu_limit, wall_limit
+        self.started, self.cpu_start = time.monotonic(), None
+
+    def cpu_used(self) -> float:
+        cpu = self.child.cpu_seconds()
+        if self.cpu_start is None:
+            self.cpu_start = cpu - TICK
+        return cpu - self.cpu_start
+
+
 @dataclass
 class _Run:
     """What one sandboxed process produced before it ended."""
@@ -507,12 +522,10 @@ class Sandbox:
                run: _Run):
         """The reply that ends a step (collecting a check's results on the way), or None with
         ``run.culprit`` set when the step has to be stopped."""
-        limits = self.limits
-        started = time.monotonic()
-        wall_limit = cpu_limit if kind == "ready" else cpu_limit * limits.wall_clock_factor
+        wall_limit = cpu_limit if kind == "ready" else cpu_limit * self.limits.wall_clock_factor
+        clock = _StepClock(child, cpu_limit, wall_limit)
         oom_before = child.group.oom_kills() if child.group else 0
-        cpu_start, results = None, []
-        culprit = "process" if kind == "ready" else kind
+        culprit, results = "process" if kind == "ready" else kind, []
         while True:
             try:
                 frame = child.next(TICK)
@@ -526,7 +539,7 @@ class Sandbox:
                 header, payload = frame
                 if kind == "check" and header.get("kind") == "result" \
                         and header.get("check") == index:
-                    results.append(_load_result(payload, limits))
+                    results.append(_load_result(payload, self.limits))
                     continue
                 if header.get("kind") == kind and header.get("index") == index:
                     self._record(kind, index, header, results, run)
@@ -537,35 +550,31 @@ class Sandbox:
             if child.ended():
                 run.culprit = (culprit, index, self._ended_message(child, oom_before))
                 return None
-            now = time.monotonic()
-            if now < child.next_sample:  # sampled every tick, over quick steps too
-                continue
-            child.next_sample = now + TICK
-            message = self._over_limit(child, cpu_limit, wall_limit, now - started, deadline)
-            # the first sample starts the count; the step had at most one tick before it
-            cpu = child.cpu_seconds()
-            cpu_start = cpu - TICK if cpu_start is None else cpu_start
-            if message is None and cpu - cpu_start > cpu_limit + limits.grace:
-                message = (f"your code did not finish within {cpu_limit:.0f} s of CPU time "
-                           "(infinite loop or very slow code?)")
+            message = self._over_limit(child, clock, deadline)
             if message is not None:
                 run.culprit = (culprit, index, message)
                 run.unstarted = child.unread_commands() > 0
                 return None
 
-    def _over_limit(self, child: _Child, cpu_limit: float, wall_limit: float, elapsed: float,
-                    deadline: float) -> str | None:
-        """The message for a step past its wall-clock limit, the notebook's, or (without a
-        control group) the memory limit; None while it is within them."""
-        limits = self.limits
-        if time.monotonic() > deadline:
+    def _over_limit(self, child: _Child, clock: _StepClock, deadline: float) -> str | None:
+        """Once a tick: the message for a step past the notebook's time, its own wall-clock or
+        CPU limit, or (without a control group) the memory limit; None while within them."""
+        now = time.monotonic()
+        if now < child.next_sample:  # sampled every tick, over quick steps too
+            return None
+        child.next_sample = now + TICK
+        grace, memory_mb = self.limits.grace, self.limits.memory_mb
+        if now > deadline:
             return "grading stopped: the time limit for the whole notebook was used up"
-        if elapsed > wall_limit + limits.grace:
-            return (f"your code did not finish within {wall_limit:.0f} s (infinite loop, very "
-                    "slow code, or waiting for something?)")
+        if now - clock.started > clock.wall_limit + grace:
+            return (f"your code did not finish within {clock.wall_limit:.0f} s (infinite loop, "
+                    "very slow code, or waiting for something?)")
+        if clock.cpu_used() > clock.cpu_limit + grace:
+            return (f"your code did not finish within {clock.cpu_limit:.0f} s of CPU time "
+                    "(infinite loop or very slow code?)")
         if child.over_memory():
             return (f"out of memory: your code and the processes it started used more than "
-                    f"{limits.memory_mb} MiB")
+                    f"{memory_mb} MiB")
         return None
 
     def _record(self, kind: str, index: int, header: dict, results: list, run: _Run) -> None:
