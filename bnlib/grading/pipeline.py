@@ -10,15 +10,16 @@ preprocessors for everything but execution:
 
 ``PreflightCells`` replaces ``DeduplicateIds`` (which lets one copied test cell abort a batch):
 it restores deleted and edited test cells from the gradebook and logs every change.
-``SanitizeStudentHTML`` (nbconvert's ``SanitizeHTML``, switched on) escapes the HTML of
-written answers in the autograded notebook, which formgrader and the feedback both render.
+``SanitizeStudentHTML`` (nbconvert's ``SanitizeHTML``, switched on) makes the student's
+markdown inert in the autograded notebook, which formgrader and the feedback both render.
 ``IsolatedExecute`` replaces ``Execute``:
 
 1. in this (trusted) process, it finds the ``check(...)`` calls of every test cell with ``ast``
    and computes their inputs, before any student code runs;
-2. it runs the student's code cells (never the test cells) in ``bnlib.grading.sandbox``, then
-   the drivers on those inputs, and gets plain arrays back; the packages the notebook's
-   assignments forbid (``bnlib.grading.forbidden_imports``) cannot be imported there;
+2. it runs the student's code cells (never the test cells) in ``bnlib.grading.sandbox``, one
+   step at a time, then the drivers on those inputs, and gets plain arrays back; the packages
+   the notebook's assignments forbid (``bnlib.grading.forbidden_imports``) cannot be imported
+   there;
 3. it judges the arrays here, against bnlib's reference, and writes the verdict into the test
    cell's outputs: a stream on success, an error (ename, evalue, traceback = the message) on
    failure, which is exactly what nbgrader's ``SaveAutoGrades`` scores. Student cells get their
