@@ -326,7 +326,7 @@ def _explain_line(line: str, memory_mb: int) -> str:
 def forbidden_packages(assignments) -> dict[str, str]:
     """Packages that every assignment of the notebook forbids -> the message student code gets
     when it imports one (the NumPy assignments exist to make students write what they do)."""
-    from bnlib.grading import forbidden_imports
+    from bnlib.grading import forbidden_import_message, forbidden_imports
 
     rules = {}
     for assignment in sorted(assignments):
@@ -337,8 +337,8 @@ def forbidden_packages(assignments) -> dict[str, str]:
     if not rules:
         return {}
     first = next(iter(rules))
-    return {name: f"{first} is a NumPy assignment: importing {name} is not allowed; write the "
-                  "computation yourself" for name in sorted(set.intersection(*rules.values()))}
+    return {name: forbidden_import_message(first, name)
+            for name in sorted(set.intersection(*rules.values()))}
 
 
 def _label(resources) -> str:

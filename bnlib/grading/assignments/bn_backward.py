@@ -62,7 +62,8 @@ ASSIGNMENT = Assignment("bn_backward", chapter=4, forbidden_imports=AUTOGRAD_LIB
                 (("    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]",
                   "    import torch\n"
                   "    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]"),),
-                "importing torch is not allowed in bn_backward", caught_by="sandbox"),
+                "bn_backward is a NumPy assignment: importing torch is not allowed",
+                caught_by="sandbox"),
     )),
     Function(f"batchnorm_backward_alt{SIGNATURE}", backward_checks("batchnorm_backward_alt"), (
         Mistake("alt_missing_xhat_term", "closed form without the xhat * mean(dxhat * xhat) term",
