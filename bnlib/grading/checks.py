@@ -751,16 +751,32 @@ BIASED_RUNNING_VAR = ("running_var must be updated with the unbiased batch varia
                       "correction: times n / (n - 1), n = {count}, the number of values per "
                       "feature), as torch.nn's batch norm does; you used the biased variance "
                       "that normalizes the batch")
-HARD_CODED_MOMENTUM = ("your update ignores the momentum argument (it matches momentum = 0.1 "
-                       "while momentum = {momentum:g} was given): use the momentum you are given")
+
+
+def ignored_momentum(default: float) -> str:
+    """The message for an update that uses ``default`` whatever momentum it is given."""
+    return (f"your update ignores the momentum argument (it matches momentum = {default:g} "
+            "while momentum = {momentum:g} was given): use the momentum you are given")
+
+
+HARD_CODED_MOMENTUM = ignored_momentum(0.1)
+# The same two mistakes, made where Keras' convention is asked for.
+TORCH_MOMENTUM = ("your running statistics follow PyTorch's momentum convention (momentum "
+                  "weights the new batch: running = (1 - momentum) * running + momentum * "
+                  "batch); in Keras momentum is a decay that weights the old value: running = "
+                  "momentum * running + (1 - momentum) * batch")
+UNBIASED_RUNNING_VAR = ("Keras stores the biased batch variance (divide by n = {count}, the "
+                        "number of values per feature, np.var's default ddof=0); you applied "
+                        "Bessel's correction n / (n - 1), as PyTorch does")
 
 
 def running_statistics(batches, mean, var, momentum: float, *, keras: bool = False,
                        bessel: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(running_mean, running_var) after a training step on each batch in turn, in float64.
 
-    PyTorch's convention, or a mistake: ``keras`` (momentum weights the old value),
-    ``bessel="none"`` (the biased variance), ``bessel="batch"`` (n / (n - 1) with n = N)."""
+    PyTorch's convention by default; ``keras=True`` (momentum weights the old value) with
+    ``bessel="none"`` (the biased variance) is Keras' convention; ``bessel="batch"`` (n / (n - 1)
+    with n = N) is a mistake in either."""
     mean, var = np.array(mean, np.float64), np.array(var, np.float64)
     new = 1.0 - momentum if keras else momentum
     for batch in np.asarray(batches, np.float64):
