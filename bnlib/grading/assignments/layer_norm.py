@@ -98,9 +98,14 @@ def grouped(shape_of, axes, **variant):
     return recompute
 
 
+def groups_on_axis_1(n, c, g, h, w) -> tuple[int, ...]:
+    """(N, G, C // G, H, W): the view whose axes (2, 3, 4) hold one group of one sample."""
+    return (n, g, c // g, h, w)
+
+
 def consecutive(**variant):
     """Correct groups of C // G consecutive channels, with a normalization ``variant``."""
-    return grouped(lambda n, c, g, h, w: (n, g, c // g, h, w), (2, 3, 4), **variant)
+    return grouped(groups_on_axis_1, (2, 3, 4), **variant)
 
 
 GN_HYPOTHESES: list[checks.Hypothesis] = [
@@ -118,7 +123,7 @@ GN_HYPOTHESES: list[checks.Hypothesis] = [
      grouped(lambda n, c, g, h, w: (n, c, h, w), (1, 2, 3))),
     ("you included the batch axis in the group statistics: group norm is per sample, "
      "statistics over axes (2, 3, 4) of x.reshape(N, G, C // G, H, W)",
-     grouped(lambda n, c, g, h, w: (n, g, c // g, h, w), (0, 2, 3, 4))),
+     grouped(groups_on_axis_1, (0, 2, 3, 4))),
     ("you may be normalizing with the unbiased variance (ddof=1); group norm uses the "
      "biased one (divide by the group size C // G * H * W)", consecutive(ddof=1)),
     ("eps is outside the square root: divide by sqrt(var + eps), not sqrt(var) + eps",
@@ -142,9 +147,9 @@ def reference_gn_gradients(case: dict):
 
 
 def group_view(case: dict) -> tuple[int, ...]:
-    """(N, G, C // G, H, W): x with its groups on axis 1, the view group norm's statistics use."""
+    """The case's x viewed with its groups on axis 1."""
     n, c, h, w = np.shape(case["x"])
-    return (n, case["num_groups"], c // case["num_groups"], h, w)
+    return groups_on_axis_1(n, c, case["num_groups"], h, w)
 
 
 GROUP_AXES = ("take them over axes (2, 3, 4) of the (N, G, C // G, H, W) view, as your forward "
