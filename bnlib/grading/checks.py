@@ -249,8 +249,11 @@ def text(result: dict, key: str) -> str:
 
 
 def where(case: dict) -> str:
-    """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'."""
-    key = next(k for k in ("x", "batches", "W") if k in case)
+    """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'; a case without an
+    input array is named by its label alone, e.g. 'for lr = 0.5, weight_decay = 0.01'."""
+    key = next((k for k in ("x", "batches", "W") if k in case), None)
+    if key is None:
+        return f"for {case['label']}"
     return f"for {key} of shape {tuple(np.shape(case[key]))} ({case['label']})"
 
 
@@ -411,6 +414,25 @@ def compare(result: dict, key: str, ref: np.ndarray, function: str, case: dict,
                               f"float32 or float16): keep the input's float64 throughout",
                        diagnosed=True)
     return Verdict(False, message)
+
+
+def compare_number(result: dict, key: str, ref: float, function: str, case: dict,
+                   hypotheses: list[Hypothesis] = (), unit: str = "") -> Verdict | None:
+    """None when ``result[key]`` is a real number (int or float) that matches ``ref``; else a
+    verdict naming the mistake whose recomputed number matches, or saying how far it is."""
+    value = np.asarray(result.get(key, np.nan))
+    if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value):
+        kind = text(result, f"{key}.type") or "nothing"
+        return Verdict(False, f"{function} must return {key} as one finite number; got {kind} "
+                              f"{where(case)}")
+    got = float(value)
+    if close(got, ref, case):
+        return None
+    diagnosis = diagnose(np.asarray(got), case, list(hypotheses), no_facts)
+    if diagnosis:
+        return Verdict(False, f"{function} {where(case)}: {diagnosis}", diagnosed=True)
+    return Verdict(False, f"{function}: {key} is wrong {where(case)}: yours is {got:.6g}"
+                          f"{unit}, expected {ref:.6g}{unit}")
 
 
 # ---------------------------------------------------------------------------------------------
