@@ -65,7 +65,8 @@ def batchnorm_backward_staged(dout, cache):
     returns ``(dx, dgamma, dbeta)``, equal to :func:`bnlib.numpy.batchnorm_backward`.
     """
     where = "batchnorm_backward_staged"
-    x = require_cache(cache, BatchNormCache, "batchnorm_forward", where).x
+    require_cache(cache, BatchNormCache, "batchnorm_forward", where)
+    x = cache.x
     require_dout(dout, x.shape, where)
     axes, ndim = reduction_axes(x), x.ndim
     count = x.size // x.shape[1]

@@ -100,8 +100,8 @@ def test_backward_matches_numerical_gradient(n, c, spatial, seed):
 
 @pytest.mark.parametrize("shape", [(16, 3), (6, 4, 3, 3)])
 def test_gradient_invariants(shape, rng):
-    """BN's output ignores shifts (and, as eps -> 0, scales) of each channel, so dx is
-    orthogonal to both: sum(dx) = 0 exactly, sum(dx * xhat) = O(eps / var)."""
+    """BN's output ignores a constant added to a channel (and, as eps -> 0, a scaling about
+    its mean), so dx is orthogonal to both: sum(dx) = 0 exactly, sum(dx * xhat) = O(eps / var)."""
     x = rng.normal(size=shape)
     dout = rng.normal(size=shape)
     _, cache = bn.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]), eps=1e-12)
