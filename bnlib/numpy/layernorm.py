@@ -183,8 +183,13 @@ def rmsnorm_forward(x, gamma, eps=1e-6):
     """RMS normalization over the trailing ``gamma.ndim`` axes: ``out = gamma * x / rms(x)``
     with ``rms(x) = sqrt(mean(x**2) + eps)``. No mean subtraction and no beta.
 
+    Args:
+        x: (..., *normalized_shape) float array, e.g. (N, D) or (N, T, D).
+        gamma: array of shape normalized_shape.
+        eps: positive constant inside the square root.
+
     Returns:
-        (out, cache) for :func:`rmsnorm_backward`.
+        A tuple ``(out, cache)``: out like x, cache for :func:`rmsnorm_backward`.
     """
     where = "rmsnorm_forward"
     require_input(x, where, min_ndim=1)
@@ -200,7 +205,8 @@ def rmsnorm_forward(x, gamma, eps=1e-6):
 
 
 def rmsnorm_backward(dout, cache):
-    """Backward of :func:`rmsnorm_forward`: returns (dx, dgamma)."""
+    """Backward of :func:`rmsnorm_forward`: returns (dx, dgamma), dx like the input and
+    dgamma like gamma."""
     dout_rows = cached_rows(dout, cache, "rmsnorm_backward")
     dgamma = (dout_rows * cache.xhat).sum(axis=0)
     dx = row_backward(dout_rows * cache.gamma, cache.xhat, cache.invstd, center=False)

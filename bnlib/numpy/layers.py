@@ -111,7 +111,9 @@ class BatchNorm:
         return np.ones(self.num_features), np.zeros(self.num_features)
 
     def forward(self, x):
-        """Normalize ``x``; in training mode also update the running statistics."""
+        """Normalize ``x`` (N, C) or (N, C, *spatial); returns out of x's shape and dtype.
+
+        In training mode this also updates the running statistics."""
         require_input(x, "BatchNorm.forward")
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm.forward: expected {self.num_features} channels "
@@ -147,7 +149,8 @@ class BatchNorm:
         self.running_var = (1.0 - factor) * self.running_var + factor * var
 
     def backward(self, dout):
-        """Gradient with respect to the last forward's input; sets weight_grad and bias_grad."""
+        """Gradient dx (the last input's shape) of the last forward; sets weight_grad and
+        bias_grad (C,)."""
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward: call forward first")
         kind, cache = self._cache
