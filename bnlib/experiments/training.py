@@ -22,7 +22,9 @@ Everything runs on the CPU with one thread, so a result depends only on its seed
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -506,6 +508,24 @@ def learning_rate_sweep(
     }
 
 
+def _final_accuracy(build, norm, seed, model_options, data, **train_options) -> float:
+    """Test accuracy of ``build(norm, seed=seed, **model_options)`` after :func:`train`."""
+    model = build(norm, seed=seed, **model_options)
+    return train(model, data, seed=seed, **train_options).test_accuracy[-1]
+
+
+def _run_all(jobs: list[dict], workers: int) -> Iterator[float]:
+    """``_final_accuracy(**job)`` for each job, in order, in ``workers`` processes."""
+    if workers == 1:
+        yield from (_final_accuracy(**job) for job in jobs)
+        return
+    # "spawn": a fresh interpreter per worker, safe after torch has started its threads.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_final_accuracy, **job) for job in jobs]
+        yield from (future.result() for future in futures)
+
+
 def batch_size_sweep(
     data,
     *,
@@ -517,6 +537,7 @@ def batch_size_sweep(
     reference_batch_size: int | None = None,
     optimizer: str = "adam",
     build: Callable[..., nn.Module] = build_mlp,
+    workers: int = 1,
     progress: bool = True,
     **model_options,
 ) -> dict[str, np.ndarray]:
@@ -526,7 +547,10 @@ def batch_size_sweep(
     :func:`train`. The number of epochs is the same for every batch size, so smaller batches
     take more (noisier) steps. With ``reference_batch_size`` the learning rate follows the
     linear scaling rule: ``lr`` at that batch size, ``lr * size / reference_batch_size`` at
-    each ``size``; without it every run uses ``lr``.
+    each ``size``; without it every run uses ``lr``. ``workers > 1`` trains that many runs at
+    a time in separate processes (``build`` must then be importable, as a module-level
+    function is); every run uses one thread and its own seed, so the results do not depend on
+    ``workers``.
 
     Returns ``{"norms": norms, "batch_sizes": (B,), "learning_rates": (B,),
     "accuracy": (K, B, S)}`` for the K ``norms`` and S ``seeds``; evaluation is in eval mode
@@ -534,27 +558,26 @@ def batch_size_sweep(
     """
     if reference_batch_size is not None and reference_batch_size < 1:
         raise ValueError(f"reference_batch_size must be positive, got {reference_batch_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be positive, got {workers}")
     x_train = np.asarray(data.x_train)
     sizes = np.array(batch_sizes)
     scale = sizes / reference_batch_size if reference_batch_size else np.ones(len(sizes))
     learning_rates = lr * scale
     accuracy = np.full((len(norms), len(batch_sizes), len(seeds)), np.nan)
-    runs = [
-        (k, norm, b, size, s, seed)
-        for k, norm in enumerate(norms)
-        for b, size in enumerate(batch_sizes)
-        for s, seed in enumerate(seeds)
+    steps = [epochs * (len(x_train) // size) for size in batch_sizes]
+    cells = [(k, b, s) for k in range(len(norms)) for b in range(len(sizes))
+             for s in range(len(seeds))]
+    jobs = [
+        {"build": build, "norm": norms[k], "seed": seeds[s], "model_options": model_options,
+         "data": data, "steps": steps[b], "batch_size": batch_sizes[b],
+         "lr": float(learning_rates[b]), "optimizer": optimizer, "eval_every": steps[b]}
+        for k, b, s in cells
     ]
-    for k, norm, b, size, s, seed in tqdm(
-        runs, desc="batch sizes", disable=not progress, leave=False
-    ):
-        model = build(norm, seed=seed, **model_options)
-        steps = epochs * (len(x_train) // size)
-        history = train(
-            model, data, steps=steps, batch_size=size, lr=float(learning_rates[b]),
-            optimizer=optimizer, seed=seed, eval_every=steps,
-        )
-        accuracy[k, b, s] = history.test_accuracy[-1]
+    results = _run_all(jobs, workers)
+    for cell, result in tqdm(zip(cells, results), total=len(cells), desc="batch sizes",
+                             disable=not progress, leave=False):
+        accuracy[cell] = result
     return {"norms": tuple(norms), "batch_sizes": sizes, "learning_rates": learning_rates,
             "accuracy": accuracy}
 

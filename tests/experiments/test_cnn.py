@@ -1,6 +1,7 @@
 """The convolutional network of chapters 3, 5 and 6 does what its docstrings say."""
 
 import copy
+import dataclasses
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -169,6 +170,18 @@ def test_sweep_of_the_convnet_scales_the_learning_rate_linearly(data, monkeypatc
                      (ConvNet, 64, 0.2, steps[2]), (ConvNet, 64, 0.2, steps[3])]
     with pytest.raises(ValueError, match="reference_batch_size must be positive, got 0"):
         batch_size_sweep(data, reference_batch_size=0)
+
+
+def test_sweep_in_two_processes_gives_the_results_of_one(data):
+    """Each run has its own seed and one thread, so where it runs does not change it."""
+    tiny = dataclasses.replace(data, x_train=data.x_train[:96], y_train=data.y_train[:96])
+    options = {"build": build_convnet, "norms": ("batch", "none"), "batch_sizes": (16, 32),
+               "epochs": 1, "seeds": (0, 1), "lr": 0.05, "optimizer": "momentum",
+               "channels": (4, 4, 4), "progress": False}
+    alone = batch_size_sweep(tiny, **options)["accuracy"]
+    np.testing.assert_array_equal(batch_size_sweep(tiny, workers=2, **options)["accuracy"], alone)
+    with pytest.raises(ValueError, match="workers must be positive, got 0"):
+        batch_size_sweep(tiny, workers=0, **options)
 
 
 def test_position_means_are_drawn_per_channel_with_the_channel_mean_in_the_title():
