@@ -575,7 +575,7 @@ def batch_size_sweep(
         for k, b, s in cells
     ]
     results = _run_all(jobs, workers)
-    for cell, result in tqdm(zip(cells, results), total=len(cells), desc="batch sizes",
+    for cell, result in tqdm(zip(cells, results, strict=True), total=len(cells), desc="batch sizes",
                              disable=not progress, leave=False):
         accuracy[cell] = result
     return {"norms": tuple(norms), "batch_sizes": sizes, "learning_rates": learning_rates,
