@@ -38,6 +38,7 @@ __all__ = [
     "trained_convnet",
 ]
 
+#: The normalizations a :class:`ConvNet` can use after each convolution.
 CONV_NORM_KINDS = ("none", "batch", "group", "layer")
 
 
