@@ -22,7 +22,9 @@ Everything runs on the CPU with one thread, so a result depends only on its seed
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = [
     "NOISE_MODELS",
     "NOISY_KINDS",
     "NORM_LABELS",
+    "OPTIMIZERS",
     "PERCENTILES",
     "History",
     "NoisyBatchNorm1d",
@@ -45,6 +48,7 @@ __all__ = [
     "batch_size_sweep",
     "batch_size_table",
     "build_mlp",
+    "build_seeded",
     "equilibrium_angular_update",
     "evaluate_accuracy",
     "gradient_norms_at_init",
@@ -253,11 +257,17 @@ class MLP(nn.Module):
         return self.forward_with_preactivations(x)[0]
 
 
-def build_mlp(norm: str = "none", *, seed: int = 0, **options) -> MLP:
-    """An :class:`MLP` whose initial weights depend only on ``seed`` (options as for MLP)."""
+def build_seeded(model_class: type[nn.Module], *, seed: int, **options) -> nn.Module:
+    """``model_class(**options)``, whose initial weights depend only on ``seed``: the global
+    random stream is seeded for the construction and restored afterwards."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return MLP(norm=norm, **options)
+        return model_class(**options)
+
+
+def build_mlp(norm: str = "none", *, seed: int = 0, **options) -> MLP:
+    """An :class:`MLP` whose initial weights depend only on ``seed`` (options as for MLP)."""
+    return build_seeded(MLP, seed=seed, norm=norm, **options)
 
 
 @dataclass
@@ -306,12 +316,18 @@ def _training_batches(data, batch_size: int, seed: int):
         yield x_train[index], y_train[index]
 
 
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
 def _make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr)
+    if name == "momentum":
+        # The momentum of ResNet's training and of Wu & He's batch-size experiment.
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -350,7 +366,8 @@ def train(
 
     ``data`` has ``x_train (n, 64)``, ``y_train (n,)``, ``x_test``, ``y_test`` (e.g.
     ``bnlib.data.digits()``). Mini-batches are drawn without replacement, epoch by epoch, in an
-    order fixed by ``seed``. ``optimizer`` is ``"sgd"`` (plain, no momentum) or ``"adam"``.
+    order fixed by ``seed``. ``optimizer`` is ``"sgd"`` (plain, no momentum), ``"momentum"``
+    (SGD with momentum 0.9) or ``"adam"``.
     Training stops early, with ``diverged=True``, if the loss becomes NaN or infinite.
     ``progress``, when given, is the label of a tqdm progress bar.
     """
@@ -491,6 +508,24 @@ def learning_rate_sweep(
     }
 
 
+def _final_accuracy(build, norm, seed, model_options, data, **train_options) -> float:
+    """Test accuracy of ``build(norm, seed=seed, **model_options)`` after :func:`train`."""
+    model = build(norm, seed=seed, **model_options)
+    return train(model, data, seed=seed, **train_options).test_accuracy[-1]
+
+
+def _run_all(jobs: list[dict], workers: int) -> Iterator[float]:
+    """``_final_accuracy(**job)`` for each job, in order, in ``workers`` processes."""
+    if workers == 1:
+        yield from (_final_accuracy(**job) for job in jobs)
+        return
+    # "spawn": a fresh interpreter per worker, safe after torch has started its threads.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_final_accuracy, **job) for job in jobs]
+        yield from (future.result() for future in futures)
+
+
 def batch_size_sweep(
     data,
     *,
@@ -499,36 +534,52 @@ def batch_size_sweep(
     epochs: int = 4,
     seeds: Sequence[int] = (0, 1),
     lr: float = 1e-3,
+    reference_batch_size: int | None = None,
     optimizer: str = "adam",
+    build: Callable[..., nn.Module] = build_mlp,
+    workers: int = 1,
     progress: bool = True,
     **model_options,
 ) -> dict[str, np.ndarray]:
     """Test accuracy after ``epochs`` epochs for each norm, batch size and seed.
 
-    The number of epochs is the same for every batch size, so smaller batches take more
-    (noisier) steps. Returns ``{"norms": norms, "batch_sizes": (B,), "accuracy": (K, B, S)}``
-    for the K ``norms`` and S ``seeds``; evaluation is in eval mode (BN uses its running
-    statistics).
+    Every run trains ``build(norm, seed=seed, **model_options)`` (an MLP by default) with
+    :func:`train`. The number of epochs is the same for every batch size, so smaller batches
+    take more (noisier) steps. With ``reference_batch_size`` the learning rate follows the
+    linear scaling rule: ``lr`` at that batch size, ``lr * size / reference_batch_size`` at
+    each ``size``; without it every run uses ``lr``. ``workers > 1`` trains that many runs at
+    a time in separate processes (``build`` must then be importable, as a module-level
+    function is); every run uses one thread and its own seed, so the results do not depend on
+    ``workers``.
+
+    Returns ``{"norms": norms, "batch_sizes": (B,), "learning_rates": (B,),
+    "accuracy": (K, B, S)}`` for the K ``norms`` and S ``seeds``; evaluation is in eval mode
+    (BN uses its running statistics).
     """
+    if reference_batch_size is not None and reference_batch_size < 1:
+        raise ValueError(f"reference_batch_size must be positive, got {reference_batch_size}")
+    if workers < 1:
+        raise ValueError(f"workers must be positive, got {workers}")
     x_train = np.asarray(data.x_train)
+    sizes = np.array(batch_sizes)
+    scale = sizes / reference_batch_size if reference_batch_size else np.ones(len(sizes))
+    learning_rates = lr * scale
     accuracy = np.full((len(norms), len(batch_sizes), len(seeds)), np.nan)
-    runs = [
-        (k, norm, b, size, s, seed)
-        for k, norm in enumerate(norms)
-        for b, size in enumerate(batch_sizes)
-        for s, seed in enumerate(seeds)
+    steps = [epochs * (len(x_train) // size) for size in batch_sizes]
+    cells = [(k, b, s) for k in range(len(norms)) for b in range(len(sizes))
+             for s in range(len(seeds))]
+    jobs = [
+        {"build": build, "norm": norms[k], "seed": seeds[s], "model_options": model_options,
+         "data": data, "steps": steps[b], "batch_size": batch_sizes[b],
+         "lr": float(learning_rates[b]), "optimizer": optimizer, "eval_every": steps[b]}
+        for k, b, s in cells
     ]
-    for k, norm, b, size, s, seed in tqdm(
-        runs, desc="batch sizes", disable=not progress, leave=False
-    ):
-        model = build_mlp(norm, seed=seed, **model_options)
-        steps = epochs * (len(x_train) // size)
-        history = train(
-            model, data, steps=steps, batch_size=size, lr=lr, optimizer=optimizer, seed=seed,
-            eval_every=steps,
-        )
-        accuracy[k, b, s] = history.test_accuracy[-1]
-    return {"norms": tuple(norms), "batch_sizes": np.array(batch_sizes), "accuracy": accuracy}
+    results = _run_all(jobs, workers)
+    for cell, result in tqdm(zip(cells, results, strict=True), total=len(cells), desc="batch sizes",
+                             disable=not progress, leave=False):
+        accuracy[cell] = result
+    return {"norms": tuple(norms), "batch_sizes": sizes, "learning_rates": learning_rates,
+            "accuracy": accuracy}
 
 
 def batch_size_table(sweep: dict) -> str:

@@ -7,6 +7,8 @@ Functions (``torch.nn.functional`` signatures): :func:`batch_norm`, :func:`insta
 :class:`InstanceNorm3d`, :class:`LayerNorm`, :class:`GroupNorm`, :class:`RMSNorm` and the lazy
 :class:`LazyBatchNorm1d`, :class:`LazyBatchNorm2d`, :class:`LazyBatchNorm3d`,
 :class:`LazyInstanceNorm1d`, :class:`LazyInstanceNorm2d`, :class:`LazyInstanceNorm3d`.
+For deployment, :func:`fold_conv_batchnorm` folds an evaluation-mode batch norm into the
+convolution before it.
 
 Every op is a ``torch.autograd.Function`` with a closed-form backward, a forward-mode ``jvp``
 and a ``vmap`` rule (so ``torch.func`` and ``torch.autograd.forward_ad`` work); batch and layer
@@ -29,6 +31,7 @@ Deliberate differences from torch 2.13 (each pinned by a test in ``tests/torch``
 
 from bnlib.torch import functional, modules
 from bnlib.torch._dispatch import backend_name, get_backend, set_backend
+from bnlib.torch.folding import fold_conv_batchnorm
 from bnlib.torch.functional import *  # noqa: F403 - the ops named in functional.__all__
 from bnlib.torch.modules import *  # noqa: F403 - the modules named in modules.__all__
 from bnlib.torch.sync import SyncBatchNorm
@@ -38,6 +41,7 @@ __all__ = [
     *modules.__all__,
     "SyncBatchNorm",
     "backend_name",
+    "fold_conv_batchnorm",
     "get_backend",
     "set_backend",
 ]
