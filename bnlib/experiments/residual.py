@@ -1,6 +1,6 @@
 """Deep residual networks at initialization, with and without normalization (chapter 7).
 
-A residual multilayer perceptron, ``in -> Linear -> [x + alpha * branch(x)] x depth ->
+A residual multilayer perceptron, ``in -> Linear -> [x + branch_scale * branch(x)] x depth ->
 Linear``, with ``branch = Linear -> (BN) -> ReLU -> Linear -> (BN)``, in one of the settings of
 :data:`RESIDUAL_KINDS`:
 
@@ -8,15 +8,15 @@ Linear``, with ``branch = Linear -> (BN) -> ReLU -> Linear -> (BN)``, in one of 
 - ``"batch_zero_gamma"``: the same with ``gamma = 0`` in the last BN of every branch, so that
   every block starts as the identity (Goyal et al. 2017);
 - ``"plain"``: no normalization;
-- ``"skipinit"``: no normalization and a learnable scalar ``alpha``, initialized to 0, at the
-  end of every branch (SkipInit, De & Smith 2020);
-- ``"scaled"``: no normalization and a fixed ``alpha = 1 / sqrt(depth)``.
+- ``"skipinit"``: no normalization and a learnable scalar ``branch_scale``, initialized to 0,
+  at the end of every branch (SkipInit, De & Smith 2020);
+- ``"scaled"``: no normalization and a fixed ``branch_scale = 1 / sqrt(depth)``.
 
 Weights are drawn with variance ``2 / fan_in`` before the ReLU and ``1 / fan_in`` after it, so
 that without normalization a branch returns about the second moment it receives. Then, at
 initialization, the second moment of the residual stream doubles at every plain block, grows by
 about one per BN block (each branch adds unit variance), and stays where it is with
-``gamma = 0`` or ``alpha = 0``. :func:`stream_statistics` measures this block by block.
+``gamma = 0`` or ``branch_scale = 0``. :func:`stream_statistics` measures this block by block.
 """
 
 from __future__ import annotations
@@ -41,21 +41,21 @@ RESIDUAL_KINDS = {
     "plain": "no normalization",
     "batch": "BN in each branch",
     "batch_zero_gamma": "BN, zero-initialized last γ",
-    "skipinit": "no normalization, SkipInit (α = 0)",
-    "scaled": "no normalization, α = 1/√depth",
+    "skipinit": "no normalization, SkipInit (κ = 0)",
+    "scaled": "no normalization, κ = 1/√depth",
 }
 
 
 class ResidualBlock(nn.Module):
-    """``x -> x + alpha * branch(x)`` for ``(N, width)`` input.
+    """``x -> x + branch_scale * branch(x)`` for ``(N, width)`` input.
 
     ``branch = Linear -> (BN) -> ReLU -> Linear -> (BN)``, with BN (``bnlib.torch.BatchNorm1d``)
-    when ``batch_norm``. ``alpha`` is None (no multiplier), or the initial value of a learnable
-    scalar multiplier when ``learnable_alpha``, or a fixed number otherwise.
+    when ``batch_norm``. ``branch_scale`` is None (no multiplier), or the initial value of a
+    learnable scalar multiplier when ``learnable_scale``, or a fixed number otherwise.
     """
 
-    def __init__(self, width: int, *, batch_norm: bool, alpha: float | None = None,
-                 learnable_alpha: bool = False) -> None:
+    def __init__(self, width: int, *, batch_norm: bool, branch_scale: float | None = None,
+                 learnable_scale: bool = False) -> None:
         super().__init__()
 
         def norm() -> nn.Module:
@@ -65,10 +65,10 @@ class ResidualBlock(nn.Module):
             nn.Linear(width, width, bias=not batch_norm), norm(), nn.ReLU(),
             nn.Linear(width, width, bias=not batch_norm), norm(),
         )
-        if learnable_alpha:
-            self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        if learnable_scale:
+            self.branch_scale = nn.Parameter(torch.tensor(float(branch_scale)))
         else:
-            self.alpha = alpha
+            self.branch_scale = branch_scale
         for linear, gain in ((self.branch[0], 2.0), (self.branch[3], 1.0)):
             nn.init.normal_(linear.weight, std=math.sqrt(gain / width))
             if linear.bias is not None:
@@ -76,7 +76,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.branch(x)
-        return x + (out if self.alpha is None else self.alpha * out)
+        return x + (out if self.branch_scale is None else self.branch_scale * out)
 
 
 class ResidualMLP(nn.Module):
@@ -92,11 +92,11 @@ class ResidualMLP(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be positive, got {depth}")
         self.kind = kind
-        alpha = {"skipinit": 0.0, "scaled": 1 / math.sqrt(depth)}.get(kind)
+        branch_scale = {"skipinit": 0.0, "scaled": 1 / math.sqrt(depth)}.get(kind)
         self.embed = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(
-            ResidualBlock(width, batch_norm=kind.startswith("batch"), alpha=alpha,
-                          learnable_alpha=kind == "skipinit")
+            ResidualBlock(width, batch_norm=kind.startswith("batch"), branch_scale=branch_scale,
+                          learnable_scale=kind == "skipinit")
             for _ in range(depth)
         )
         if kind == "batch_zero_gamma":

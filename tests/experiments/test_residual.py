@@ -29,8 +29,8 @@ def one_thread():
     plt.close("all")
 
 
-def test_a_block_adds_alpha_times_its_branch():
-    block = ResidualBlock(8, batch_norm=False, alpha=0.3).double()
+def test_a_block_adds_its_scaled_branch():
+    block = ResidualBlock(8, batch_norm=False, branch_scale=0.3).double()
     h = torch.randn(5, 8, dtype=torch.float64)
     torch.testing.assert_close(block(h), h + 0.3 * block.branch(h))
     assert isinstance(ResidualBlock(8, batch_norm=True).branch[1], bnlib.torch.BatchNorm1d)
@@ -40,14 +40,14 @@ def test_each_kind_builds_the_stated_blocks():
     depth = 9
     plain, normed, zero = (ResidualMLP(kind, depth=depth)
                            for kind in ("plain", "batch", "batch_zero_gamma"))
-    assert all(block.alpha is None for block in plain.blocks)
+    assert all(block.branch_scale is None for block in plain.blocks)
     assert all(torch.equal(block.branch[-1].weight, torch.ones(100)) for block in normed.blocks)
     assert all(torch.count_nonzero(block.branch[-1].weight) == 0 for block in zero.blocks)
     skipinit = ResidualMLP("skipinit", depth=depth)
-    assert all(isinstance(b.alpha, torch.nn.Parameter) and b.alpha.item() == 0
+    assert all(isinstance(b.branch_scale, torch.nn.Parameter) and b.branch_scale.item() == 0
                for b in skipinit.blocks)
     scaled = ResidualMLP("scaled", depth=depth)
-    assert all(block.alpha == pytest.approx(1 / 3) for block in scaled.blocks)
+    assert all(block.branch_scale == pytest.approx(1 / 3) for block in scaled.blocks)
 
 
 def test_branch_weights_preserve_the_second_moment_without_normalization():
@@ -68,10 +68,10 @@ def test_zero_gamma_and_skipinit_blocks_start_as_the_identity(x):
         np.testing.assert_array_equal(result["branch_share"], np.zeros(12))
 
 
-def test_skipinit_alpha_is_learned_from_zero(x):
+def test_the_skipinit_scale_is_learned_from_zero(x):
     model = ResidualMLP("skipinit", depth=3)
     model(x).square().mean().backward()
-    assert all(block.alpha.grad.abs() > 0 for block in model.blocks)
+    assert all(block.branch_scale.grad.abs() > 0 for block in model.blocks)
 
 
 def test_plain_blocks_double_the_second_moment(x):
