@@ -237,15 +237,18 @@ def train_with_diagnostics(
 
 
 def layer_table(snapshots: dict[str, Snapshot]) -> str:
-    """A Markdown table: for each labelled snapshot and hidden layer, the mean and standard
-    deviation of the tanh outputs, the saturated fraction and the standard deviation of the
-    gradient with respect to the outputs."""
-    lines = ["| network | layer | mean | std | saturated | gradient std |",
-             "|---|---|---|---|---|---|"]
+    """A Markdown table with one row per labelled snapshot and, for its hidden layers from the
+    first to the last, the standard deviation of the tanh outputs, the saturated fraction and
+    the standard deviation of the gradient with respect to the outputs."""
+    def row(values, form: str) -> str:
+        return " → ".join(format(value, form) for value in values)
+
+    lines = ["| network | std of the activations | saturated | std of the gradients |",
+             "|---|---|---|---|"]
     for label, shot in snapshots.items():
-        for layer, (a, g) in enumerate(zip(shot.activations, shot.gradients, strict=True), 1):
-            lines.append(f"| {label} | {layer} | {a.mean():+.2f} | {a.std():.2f} | "
-                         f"{saturated_fraction(a):.1%} | {g.std():.2e} |")
+        lines.append(f"| {label} | {row([a.std() for a in shot.activations], '.2f')} | "
+                     f"{row(shot.saturated(), '.0%')} | "
+                     f"{row([g.std() for g in shot.gradients], '.1e')} |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ __all__ = [
 RESIDUAL_KINDS = {
     "plain": "no normalization",
     "batch": "BN in each branch",
-    "batch_zero_gamma": "BN, zero-initialized last γ",
+    "batch_zero_gamma": "BN, last γ = 0",
     "skipinit": "no normalization, SkipInit (κ = 0)",
     "scaled": "no normalization, κ = 1/√depth",
 }

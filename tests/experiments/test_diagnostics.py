@@ -149,8 +149,11 @@ def test_train_with_diagnostics_refuses_bad_arguments(data):
 
 def test_layer_table_and_plots_cover_every_layer(batch, data):
     shot = snapshot(build_tanh_mlp("fan_in", depth=3, seed=0), *batch)
-    table = layer_table({"fan-in": shot})
-    assert table.count("| fan-in |") == 3 and "saturated" in table.splitlines()[0]
+    table = layer_table({"fan-in": shot}).splitlines()
+    assert len(table) == 3 and "saturated" in table[0]
+    cells = table[2].split(" | ")
+    assert cells[0] == "| fan-in" and cells[1].count("→") == 2
+    assert cells[1].split(" → ")[0] == f"{shot.activations[0].std():.2f}"
     record = train_with_diagnostics(build_tanh_mlp("fan_in", depth=3, width=20), data, steps=5)
     fig, axes = plt.subplots(1, 3)
     plot_histograms(axes[0], shot.activations)
