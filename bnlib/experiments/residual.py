@@ -16,7 +16,8 @@ Weights are drawn with variance ``2 / fan_in`` before the ReLU and ``1 / fan_in`
 that without normalization a branch returns about the second moment it receives. Then, at
 initialization, the second moment of the residual stream doubles at every plain block, grows by
 about one per BN block (each branch adds unit variance), and stays where it is with
-``gamma = 0`` or ``branch_scale = 0``. :func:`stream_statistics` measures this block by block.
+``gamma = 0`` or ``branch_scale = 0``. :func:`stream_statistics` measures this block by block,
+and :func:`train_residual` trains the network from there with plain SGD.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import math
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 import bnlib.torch
+from bnlib.experiments.training import _descend, _training_batches, evaluate_accuracy
 
 __all__ = [
     "RESIDUAL_KINDS",
@@ -35,6 +38,8 @@ __all__ = [
     "ResidualMLP",
     "plot_stream_statistics",
     "stream_statistics",
+    "train_residual",
+    "training_table",
 ]
 
 RESIDUAL_KINDS = {
@@ -135,6 +140,58 @@ def stream_statistics(kind: str, x: torch.Tensor, *, depth: int = 50, width: int
     added = torch.stack([(after - before).double().square().mean()
                          for before, after in zip(stream[:-1], stream[1:], strict=True)])
     return {"second_moment": moments.numpy(), "branch_share": (added / moments[1:]).sqrt().numpy()}
+
+
+def train_residual(kind: str, data, *, depth: int = 50, width: int = 100, steps: int = 100,
+                   batch_size: int = 64, lr: float = 0.1, seed: int = 0,
+                   progress: str | None = None) -> dict:
+    """Train a fresh ``ResidualMLP(kind, depth=depth, width=width)`` (weights from ``seed``)
+    with plain SGD on the mini-batches of ``data.x_train, data.y_train`` (the order of
+    :func:`bnlib.experiments.training.train` for ``seed``), stopping if the loss stops being
+    finite. ``progress``, when given, labels a tqdm progress bar.
+
+    Returns ``{"loss": (T,), "diverged": bool, "accuracy": float}``: the mini-batch loss of
+    each step taken (T <= steps; the first is the loss at initialization), whether training
+    stopped on a non-finite loss (then T counts the steps before it), and the test accuracy in
+    eval mode (NaN if diverged).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    torch.set_num_threads(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ResidualMLP(kind, depth=depth, width=width, in_features=data.x_train.shape[1])
+    batches = _training_batches(data, batch_size, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses, diverged = [], False
+    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+        x, y = next(batches)
+        loss = nn.functional.cross_entropy(model(x), y)
+        _descend(opt, loss)
+        diverged = not (math.isfinite(loss.item())
+                        and all(torch.isfinite(p).all() for p in model.parameters()))
+        if diverged:
+            break
+        losses.append(loss.item())
+    accuracy = math.nan if diverged else evaluate_accuracy(model, data)
+    return {"loss": np.array(losses), "diverged": diverged, "accuracy": accuracy}
+
+
+def training_table(runs: dict[str, dict]) -> str:
+    """A Markdown table of ``{kind: train_residual(kind, ...)}``: per setting, the loss at
+    initialization, the mean loss of the last 10 steps and the test accuracy."""
+    lines = ["| setting | loss at the first step | mean loss, last 10 steps | test accuracy |",
+             "|---|---|---|---|"]
+    for kind, run in runs.items():
+        loss = run["loss"]
+        first = f"{loss[0]:.3g}" if len(loss) else "not finite"
+        if run["diverged"]:
+            lines.append(f"| {RESIDUAL_KINDS[kind]} | {first} | diverged at step "
+                         f"{len(loss) + 1} | |")
+        else:
+            lines.append(f"| {RESIDUAL_KINDS[kind]} | {first} | {loss[-10:].mean():.3f} | "
+                         f"{run['accuracy']:.1%} |")
+    return "\n".join(lines)
 
 
 def plot_stream_statistics(axes, statistics: dict[str, dict[str, np.ndarray]]):

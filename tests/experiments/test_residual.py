@@ -8,18 +8,27 @@ import pytest
 import torch
 
 import bnlib.torch
+from bnlib.data import digits
 from bnlib.experiments.residual import (
     RESIDUAL_KINDS,
     ResidualBlock,
     ResidualMLP,
     plot_stream_statistics,
     stream_statistics,
+    train_residual,
+    training_table,
 )
+from bnlib.experiments.training import _training_batches
 
 
 @pytest.fixture(scope="module")
 def x():
     return torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits(seed=0, test_size=0.25)
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +127,34 @@ def test_plot_draws_one_curve_per_kind(x):
     fig, axes = plt.subplots(1, 2)
     plot_stream_statistics(axes, statistics)
     assert len(axes[0].lines) == len(axes[1].lines) == len(RESIDUAL_KINDS)
+
+
+def test_training_starts_from_the_network_of_the_seed(data):
+    run = train_residual("batch", data, depth=3, steps=1, batch_size=32, seed=2)
+    torch.manual_seed(2)
+    model = ResidualMLP("batch", depth=3)
+    x, y = next(_training_batches(data, 32, 2))
+    expected = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert run["loss"].tolist() == pytest.approx([expected], rel=1e-6)
+
+
+def test_normalized_and_skipinit_networks_learn_and_a_deep_plain_one_diverges(data):
+    runs = {kind: train_residual(kind, data, depth=4, steps=60) for kind in
+            ("batch", "skipinit")}
+    for run in runs.values():
+        assert not run["diverged"] and len(run["loss"]) == 60
+        assert run["loss"][-10:].mean() < 0.5 * run["loss"][0] and run["accuracy"] > 0.5
+    runs["plain"] = train_residual("plain", data, depth=50, steps=5)
+    assert runs["plain"]["diverged"] and math.isnan(runs["plain"]["accuracy"])
+    assert len(runs["plain"]["loss"]) < 5
+    table = training_table(runs).splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith("| BN in each branch |")
+    assert f"diverged at step {len(runs['plain']['loss']) + 1} |" in table[-1]
+    assert table[2].endswith(f"| {runs['batch']['accuracy']:.1%} |")
+
+
+def test_train_residual_refuses_bad_arguments(data):
+    with pytest.raises(ValueError, match="steps must be positive, got 0"):
+        train_residual("batch", data, steps=0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        train_residual("fixup", data, steps=1)
