@@ -59,8 +59,10 @@ __all__ = [
     "accuracy_table",
     "build_relative_mlp",
     "class_grouped_batches",
+    "non_iid_table",
     "normalization_noise",
     "relative_norm",
+    "train_non_iid",
     "train_on_batches",
     "train_relatives",
     "weight_standardize",
@@ -477,6 +479,47 @@ def train_on_batches(model: MLP, data, batches, *, steps: int, lr: float = 1e-3,
         x, y = next(batches)
         _descend(opt, nn.functional.cross_entropy(model(x), y))
     return evaluate_accuracy(model, data)
+
+
+def train_non_iid(
+    data,
+    kinds: Sequence[str],
+    *,
+    classes_per_batch: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 16,
+    steps: int = 300,
+    model_options: dict | None = None,
+    progress: str | None = "non-i.i.d. batches",
+) -> dict:
+    """Test accuracy of ``build_relative_mlp(kind, seed=seed, **model_options)`` trained by
+    :func:`train_on_batches` (Adam, learning rate 1e-3) on ``class_grouped_batches(data,
+    batch_size, classes, seed=seed)``, for every number of classes per batch, kind and seed.
+
+    Returns ``{"classes_per_batch": (P,), "kinds": kinds, "seeds": (S,), "accuracy": (P, K,
+    S)}``. ``progress``, when given, labels one tqdm progress bar over all the runs.
+    """
+    accuracy = np.full((len(classes_per_batch), len(kinds), len(seeds)), np.nan)
+    runs = [(p, classes, k, kind, s, seed) for p, classes in enumerate(classes_per_batch)
+            for k, kind in enumerate(kinds) for s, seed in enumerate(seeds)]
+    for p, classes, k, kind, s, seed in tqdm(runs, desc=progress, disable=progress is None,
+                                             leave=False):
+        model = build_relative_mlp(kind, seed=seed, **(model_options or {}))
+        batches = class_grouped_batches(data, batch_size, classes, seed=seed)
+        accuracy[p, k, s] = train_on_batches(model, data, batches, steps=steps)
+    return {"classes_per_batch": np.array(classes_per_batch), "kinds": tuple(kinds),
+            "seeds": np.array(seeds), "accuracy": accuracy}
+
+
+def non_iid_table(result: dict) -> str:
+    """A Markdown table of :func:`train_non_iid`: one row per number of classes per batch, one
+    column per kind, the mean test accuracy over the seeds."""
+    labels = [RELATIVE_LABELS[kind] for kind in result["kinds"]]
+    lines = ["| classes per batch | " + " | ".join(labels) + " |",
+             "|---" * (len(labels) + 1) + "|"]
+    for classes, runs in zip(result["classes_per_batch"], result["accuracy"], strict=True):
+        lines.append(f"| {classes} | " + " | ".join(f"{np.mean(r):.1%}" for r in runs) + " |")
+    return "\n".join(lines)
 
 
 def normalization_noise(values: torch.Tensor, *, batch_size: int,

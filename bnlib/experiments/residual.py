@@ -22,6 +22,7 @@ and :func:`train_residual` trains the network from there with plain SGD.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -198,10 +199,11 @@ def plot_stream_statistics(axes, statistics: dict[str, dict[str, np.ndarray]]):
     """Two panels: the second moment of the residual stream against the block (log axis), and
     the share of each block's branch, one curve per ``{kind: stream_statistics(...)}``."""
     moment_ax, share_ax = axes
-    for kind, result in statistics.items():
+    styles = itertools.cycle(["-", "--", "-.", ":"])  # curves that coincide stay visible
+    for (kind, result), style in zip(statistics.items(), styles, strict=False):
         blocks = np.arange(len(result["second_moment"]))
-        moment_ax.plot(blocks, result["second_moment"], label=RESIDUAL_KINDS[kind])
-        share_ax.plot(blocks[1:], result["branch_share"], label=RESIDUAL_KINDS[kind])
+        moment_ax.plot(blocks, result["second_moment"], ls=style, label=RESIDUAL_KINDS[kind])
+        share_ax.plot(blocks[1:], result["branch_share"], ls=style, label=RESIDUAL_KINDS[kind])
     moment_ax.set(xlabel="block l (0 = embedded input)", ylabel="mean of $x_l^2$", yscale="log")
     share_ax.set(xlabel="block l", ylabel="rms(added by block l) / rms($x_l$)")
     for ax in axes:

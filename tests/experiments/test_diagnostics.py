@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib.data import digits
 from bnlib.experiments.diagnostics import (
     INITS,
     TANH_GAIN,
@@ -24,20 +23,11 @@ from bnlib.experiments.training import build_mlp
 
 
 @pytest.fixture(scope="module")
-def data():
-    return digits(seed=0, test_size=0.25)
-
-
-@pytest.fixture(scope="module")
 def batch(data):
     return torch.as_tensor(data.x_train[:128]), torch.as_tensor(data.y_train[:128])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("one_thread_and_no_figures")
 
 
 def test_the_tanh_gain_is_torchs():

@@ -7,7 +7,6 @@ import torch
 from torch.nn.utils import parametrize
 
 import bnlib.torch
-from bnlib.data import digits
 from bnlib.experiments.relatives import (
     RELATIVE_KINDS,
     BatchRenorm1d,
@@ -19,23 +18,17 @@ from bnlib.experiments.relatives import (
     accuracy_table,
     build_relative_mlp,
     class_grouped_batches,
+    non_iid_table,
     normalization_noise,
     relative_norm,
+    train_non_iid,
     train_on_batches,
     train_relatives,
     weight_standardize,
 )
 from bnlib.experiments.training import build_mlp
 
-
-@pytest.fixture(scope="module")
-def data():
-    return digits(seed=0, test_size=0.25)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread_and_no_figures")
 
 
 def random_affine(module: torch.nn.Module) -> torch.nn.Module:
@@ -389,13 +382,18 @@ def test_class_grouped_batches_hold_equal_shares_of_few_classes(data):
 
 
 def test_batch_norm_trained_on_single_class_batches_is_at_chance_in_eval_mode(data):
-    single = train_on_batches(build_relative_mlp("batch", seed=0, hidden=(50,)), data,
-                              class_grouped_batches(data, 16, 1, seed=0), steps=150)
+    result = train_non_iid(data, ("batch",), classes_per_batch=(1, 10), batch_size=20,
+                           steps=150, model_options=dict(hidden=(50,)), progress=None)
+    assert result["accuracy"].shape == (2, 1, 1)
+    (single,), (balanced,) = result["accuracy"][:, 0, 0:1]
     # BN gives every feature of a one-class batch mean 0 and variance 1, so the class cannot be
     # read from them in training; in eval mode the running statistics are those of all classes.
-    assert single < 0.3
-    balanced = train_on_batches(build_relative_mlp("batch", seed=0, hidden=(50,)), data,
-                                class_grouped_batches(data, 20, 10, seed=0), steps=150)
-    assert balanced > 0.8
+    assert single < 0.3 and balanced > 0.8
+    again = train_on_batches(build_relative_mlp("batch", seed=0, hidden=(50,)), data,
+                             class_grouped_batches(data, 20, 1, seed=0), steps=150)
+    assert again == single  # the same model, batches and steps
+    table = non_iid_table(result).splitlines()
+    assert table[0] == "| classes per batch | BatchNorm |"
+    assert table[2:] == [f"| 1 | {single:.1%} |", f"| 10 | {balanced:.1%} |"]
     with pytest.raises(ValueError, match="steps must be positive"):
         train_on_batches(build_relative_mlp("layer"), data, iter(()), steps=0)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import bnlib.torch
-from bnlib.data import digits
 from bnlib.experiments.residual import (
     RESIDUAL_KINDS,
     ResidualBlock,
@@ -26,16 +25,7 @@ def x():
     return torch.randn(256, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module")
-def data():
-    return digits(seed=0, test_size=0.25)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("one_thread_and_no_figures")
 
 
 def test_a_block_adds_its_scaled_branch():
