@@ -397,3 +397,6 @@ def test_batch_norm_trained_on_single_class_batches_is_at_chance_in_eval_mode(da
     assert table[2:] == [f"| 1 | {single:.1%} |", f"| 10 | {balanced:.1%} |"]
     with pytest.raises(ValueError, match="steps must be positive"):
         train_on_batches(build_relative_mlp("layer"), data, iter(()), steps=0)
+    with pytest.raises(ValueError, match=r"batch_size \(16\) must be a positive multiple of "
+                                         r"classes_per_batch \(3\)"):
+        train_non_iid(data, ("batch",), classes_per_batch=(3,), progress=None)
