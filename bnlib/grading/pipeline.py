@@ -170,6 +170,10 @@ class IsolatedExecute(NbGraderPreprocessor):
                    ).tag(config=True)
     control_groups = Bool(True, help="A control group per sandbox where the machine allows "
                           "it (else rlimits and sampling).").tag(config=True)
+    prestarted = Bool(None, allow_none=True,
+                      help="Fork each sandbox from a pre-started process that has NumPy and "
+                      "PyTorch imported (None: where the machine allows it), rather than start "
+                      "a fresh interpreter; the isolation is the same.").tag(config=True)
 
     def preprocess(self, nb, resources):
         from bnlib.grading import drivers as drivers_module
@@ -183,7 +187,7 @@ class IsolatedExecute(NbGraderPreprocessor):
             if cell.cell_type == "code" and not is_test_cell(cell)]
         needs_torch = any(job.driver.startswith("torch") for job in plan.jobs)
         sandbox = Sandbox(limits, drivers_file=drivers_module.__file__, isolate=self.isolate,
-                          control_groups=self.control_groups)
+                          control_groups=self.control_groups, prestarted=self.prestarted)
         outcome = sandbox.run(code_cells, plan.jobs,
                               preload=("numpy", "torch") if needs_torch else ("numpy",),
                               forbidden=forbidden_packages(plan.assignments))
