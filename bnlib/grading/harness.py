@@ -1,9 +1,11 @@
 """The side of grading that runs inside the sandbox, around the student's code.
 
 ``bnlib.grading.sandbox`` copies this file into a private folder and starts it as
-``python -I -S harness.py WORKDIR COMMANDS_FD REPLIES_FD``. It imports only the standard
-library at top level (``bnlib`` is not importable there) and then serves the trusted side's
-commands, one step at a time::
+``python -I -S harness.py WORKDIR COMMANDS_FD REPLIES_FD``, or forks ``main`` from the
+pre-started server this file also holds (``harness.py --serve``, see ``serve`` and
+``bnlib.grading.sandbox_server``). It imports only the standard library at top level
+(``bnlib`` is not importable there) and then serves the trusted side's commands, one step at
+a time::
 
     trusted side                          harness
     ------------                          -------
@@ -546,16 +548,20 @@ def serve(channel_fd: int, setup: dict) -> int:
         return SETUP_FAILED
     channel.send(json.dumps({"ready": os.getpid()}).encode())
     running: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status socket)
+    waiting = select.poll()  # not select(): any number of sandboxes, any descriptor number
+    waiting.register(channel_fd, select.POLLIN)
     while True:
-        readable = select.select([channel_fd, *running], [], [])[0]
-        for pidfd in [fd for fd in readable if fd in running]:
-            _report_exit(pidfd, *running.pop(pidfd))
-        if channel_fd in readable:
+        for fd, _ in waiting.poll():
+            if fd in running:
+                waiting.unregister(fd)
+                _report_exit(fd, *running.pop(fd))
+                continue
             request, fds, _, _ = socket.recv_fds(channel, 1 << 16, 4)
             if not request:
                 return 0  # the grading process has gone
             pidfd, pid, status = _fork_sandbox(channel, json.loads(request), fds)
             running[pidfd] = (pid, status)
+            waiting.register(pidfd, select.POLLIN)
 
 
 def _fork_sandbox(channel, request: dict, fds: list[int]) -> tuple[int, int, int]:

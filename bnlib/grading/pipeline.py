@@ -316,12 +316,14 @@ def _explain_line(line: str, memory_mb: int) -> str:
     function = before.rsplit(" ", 1)[-1]
     if not found or not function.isidentifier():
         return line
+    # "MemoryError: detail, for x ...", or "MemoryError, for x ..." when it has no detail
     exception, _, detail = after.partition(":")
+    exception = exception.partition(",")[0]
     prefix = before[:len(before) - len(function)]
     if exception.rsplit(".", 1)[-1].endswith("MemoryError"):
         return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB)"
     if exception == "SystemExit":
-        code = detail.strip().split(" ", 1)[0] or "0"
+        code = detail.strip().split(" ", 1)[0].rstrip(",") or "0"
         return (f"{prefix}{function} ended the process (exit code {code}): do not call "
                 "sys.exit() or exit() in graded code")
     return line

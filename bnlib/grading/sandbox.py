@@ -1,11 +1,13 @@
 """Run untrusted student code in a separate, limited process, one step at a time.
 
 ``Sandbox.run`` writes a job into a private folder, starts ``bnlib/grading/harness.py`` there
-(``python -I -S``, the standard library and the site-packages holding NumPy only) and drives
-it: it sends each step (a cell, then a check) as a command, starts that step's clock when it
-sends it, and reads the reply, a cell's output or a check's results as ``.npz`` arrays loaded
-with ``allow_pickle=False``. Progress is the trusted side's own: nothing the student's code
-writes gives a step more time (see the harness's docstring for the protocol).
+(``python -I -S``, the standard library and the site-packages holding NumPy only; by default
+forked from a pre-started process that has imported NumPy and PyTorch once,
+``bnlib.grading.sandbox_server``) and drives it: it sends each step (a cell, then a check) as
+a command, starts that step's clock when it sends it, and reads the reply, a cell's output or
+a check's results as ``.npz`` arrays loaded with ``allow_pickle=False``. Progress is the
+trusted side's own: nothing the student's code writes gives a step more time (see the
+harness's docstring for the protocol).
 
 What the sandbox gets (README "What is isolated"): resource limits for the whole process tree
 (a control group where the machine allows it, else rlimits and sampling by this process);

@@ -68,9 +68,17 @@ def _channel_pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
+def _readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Whether ``sock`` can be read within ``timeout`` seconds (None: wait); ``poll``, which
+    takes descriptors of any number, unlike ``select``."""
+    waiting = select.poll()
+    waiting.register(sock, select.POLLIN)
+    return bool(waiting.poll(None if timeout is None else timeout * 1000))
+
+
 def _receive(sock: socket.socket, timeout: float, fds: int = 0) -> tuple[dict | None, list]:
     """One JSON message and its descriptors; (None, []) on end of file or timeout."""
-    if not select.select([sock], [], [], timeout)[0]:
+    if not _readable(sock, timeout):
         return None, []
     try:
         data, received, _, _ = socket.recv_fds(sock, 1 << 16, fds)
@@ -91,13 +99,13 @@ class ForkedProcess:
         self.server_lost = False
 
     def poll(self) -> int | None:
-        if self.returncode is None and select.select([self.status], [], [], 0)[0]:
+        if self.returncode is None and _readable(self.status, 0):
             self._read_exit()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if not select.select([self.status], [], [], timeout)[0]:
+            if not _readable(self.status, timeout):
                 raise subprocess.TimeoutExpired("sandbox", timeout)
             self._read_exit()
         return self.returncode
@@ -165,6 +173,7 @@ class SandboxServer:
         if forked is None or len(fds) != 1:
             ours.close()
             os.close(output_read)
+            self.proc.kill()  # dead, or hung: the next job gets a new one
             raise ServerGone(f"the sandbox server (pid {self.pid}) has stopped")
         return ForkedProcess(forked["pid"], fds[0], ours, os.fdopen(output_read, "rb"))
 
