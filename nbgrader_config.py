@@ -59,6 +59,12 @@ c.FileNameCollectorPlugin.named_regexp = (
 
 # `nbgrader export` writes grades.csv next to the gradebook, never into the repository.
 c.ExportPlugin.to = os.path.join(GRADING_ROOT, "grades.csv")
+# `nbgrader export --exporter=bnlib.grading.canvas.CanvasExportPlugin` writes a CSV that Canvas's
+# gradebook imports (README "Grades out to Canvas"): the Canvas assignment ids and a roster
+# mapping student ids go here, e.g.
+#   c.CanvasExportPlugin.assignment_ids = {"bn_forward": 4711}
+#   c.CanvasExportPlugin.roster = os.path.join(GRADING_ROOT, "canvas_roster.csv")
+c.CanvasExportPlugin.to = os.path.join(GRADING_ROOT, "canvas.csv")
 
 # Feedback is built from the autograded notebook, which holds the hidden tests again:
 # strip them, and the tracebacks that would quote them, before rendering. A student's HTML

@@ -1,9 +1,11 @@
 """The side of grading that runs inside the sandbox, around the student's code.
 
 ``bnlib.grading.sandbox`` copies this file into a private folder and starts it as
-``python -I -S harness.py WORKDIR COMMANDS_FD REPLIES_FD``. It imports only the standard
-library at top level (``bnlib`` is not importable there) and then serves the trusted side's
-commands, one step at a time::
+``python -I -S harness.py WORKDIR COMMANDS_FD REPLIES_FD``, or forks ``main`` from the
+pre-started server this file also holds (``harness.py --serve``, see ``serve`` and
+``bnlib.grading.sandbox_server``). It imports only the standard library at top level
+(``bnlib`` is not importable there) and then serves the trusted side's commands, one step at
+a time::
 
     trusted side                          harness
     ------------                          -------
@@ -506,7 +508,140 @@ def main(workdir: str, commands_fd: int, replies_fd: int) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# the pre-started server: imports once, forks one sandbox per job
+# ----------------------------------------------------------------------------------------------
+
+#: Where a forked sandbox finds its pipes; 0 is /dev/null, 1 and 2 its output pipe.
+COMMANDS_FD, REPLIES_FD = 3, 4
+
+
+def serve(channel_fd: int, setup: dict) -> int:
+    """The pre-started sandbox server (``harness.py --serve CHANNEL_FD SETUP``).
+
+    It imports ``setup["preload"]`` once, then waits on its channel (a Unix SEQPACKET socket
+    whose other end only the grading process holds). A request is a private folder, the
+    environment to add, and four descriptors: the commands, replies and output pipes, and a
+    status socket. For each it forks a sandbox, sends the sandbox's pid (and a pidfd for it)
+    on the status socket, and later its exit code. The server runs no student code and reads
+    no job; it exits when the grading process closes the channel, and its sandboxes die with
+    it (``PR_SET_PDEATHSIG``)."""
+    import fcntl  # noqa: F401 - imported before any fork, used by every sandbox
+    import select
+    import socket
+
+    channel = socket.socket(fileno=channel_fd)
+    try:
+        sys.path[:] = setup["sys_path"]
+        for module in setup["preload"]:
+            __import__(module)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)  # never an intra-op thread pool here
+        import traceback  # noqa: F401 - imported before the hook, used for cell errors
+
+        threads = len(os.listdir("/proc/self/task"))
+        if threads != 1:  # fork copies only the calling thread: locks held by others stay held
+            raise RuntimeError(f"importing {', '.join(setup['preload'])} started {threads - 1} "
+                               "thread(s); forking this process would not be safe")
+    except BaseException as exc:  # noqa: BLE001 - reported to the grader, which falls back
+        channel.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+        return SETUP_FAILED
+    channel.send(json.dumps({"ready": os.getpid()}).encode())
+    running: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status socket)
+    waiting = select.poll()  # not select(): any number of sandboxes, any descriptor number
+    waiting.register(channel_fd, select.POLLIN)
+    while True:
+        for fd, _ in waiting.poll():
+            if fd in running:
+                waiting.unregister(fd)
+                _report_exit(fd, *running.pop(fd))
+                continue
+            request, fds, _, _ = socket.recv_fds(channel, 1 << 16, 4)
+            if not request:
+                return 0  # the grading process has gone
+            pidfd, pid, status = _fork_sandbox(channel, json.loads(request), fds)
+            running[pidfd] = (pid, status)
+            waiting.register(pidfd, select.POLLIN)
+
+
+def _fork_sandbox(channel, request: dict, fds: list[int]) -> tuple[int, int, int]:
+    commands, replies, output, status = fds
+    pid = os.fork()
+    if pid == 0:
+        try:
+            channel.detach()  # closed below with the rest; never closed twice
+            _become_sandbox(request, commands, replies, output)
+        finally:
+            os._exit(SETUP_FAILED)
+    for fd in (commands, replies, output):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)  # valid until this process reaps the sandbox
+    _send_status(status, {"pid": pid}, [pidfd])
+    return pidfd, pid, status
+
+
+def _report_exit(pidfd: int, pid: int, status: int) -> None:
+    _, wait_status = os.waitpid(pid, 0)
+    _send_status(status, {"exit": os.waitstatus_to_exitcode(wait_status)}, [])
+    os.close(status)
+    os.close(pidfd)
+
+
+def _send_status(status: int, message: dict, fds: list[int]) -> None:
+    import socket
+
+    try:
+        with socket.socket(fileno=os.dup(status)) as sock:
+            socket.send_fds(sock, [json.dumps(message).encode()], fds)
+    except OSError:
+        pass  # the grader stopped waiting for this sandbox
+
+
+def _become_sandbox(request: dict, commands: int, replies: int, output: int) -> None:
+    """In the forked child: the session, descriptors, environment and arguments a freshly
+    started harness has, fresh random generators, then ``main`` as in a fresh process
+    (control group, namespaces, privileges, limits, audit hook)."""
+    import fcntl
+
+    os.setsid()
+    targets = {1: output, 2: output, COMMANDS_FD: commands, REPLIES_FD: replies}
+    above = {target: fcntl.fcntl(fd, fcntl.F_DUPFD, REPLIES_FD + 1)
+             for target, fd in targets.items()}
+    for target, fd in above.items():
+        os.dup2(fd, target)
+    # nothing else of the server survives: its channel, other sandboxes' sockets and pidfds
+    os.closerange(REPLIES_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    workdir = request["workdir"]
+    os.environ.update(request["env"])
+    sys.argv[:] = [os.path.join(workdir, GRADER_DIR, "harness.py"), workdir, str(COMMANDS_FD),
+                   str(REPLIES_FD)]
+    _fresh_random_state()
+    try:
+        code = main(workdir, COMMANDS_FD, REPLIES_FD)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001 - ends as an uncaught exception ends a fresh process
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def _fresh_random_state() -> None:
+    """A forked child starts with the server's random generators: seed them from the OS, as
+    a fresh interpreter would, so no two sandboxes draw the same numbers."""
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--probe"]:
     os._exit(0 if can_confine() else 1)
+elif __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    os._exit(serve(int(sys.argv[2]), json.loads(sys.argv[3])))
 elif __name__ == "__main__" and len(sys.argv) == 4:
     os._exit(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))

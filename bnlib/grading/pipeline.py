@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,23 @@ def _error(ename: str, message: str):
     return v4.new_output("error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"])
 
 
+@contextmanager
+def single_torch_thread(needed: bool):
+    """PyTorch on one thread while judging: the tensors are small, and idle OpenMP threads
+    wait busily, which cost a bn_torch notebook about as much CPU as its sandbox did."""
+    if not needed:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class IsolatedExecute(NbGraderPreprocessor):
     """nbgrader preprocessor that grades a notebook without running student code in-process.
 
@@ -170,6 +188,10 @@ class IsolatedExecute(NbGraderPreprocessor):
                    ).tag(config=True)
     control_groups = Bool(True, help="A control group per sandbox where the machine allows "
                           "it (else rlimits and sampling).").tag(config=True)
+    prestarted = Bool(None, allow_none=True,
+                      help="Fork each sandbox from a pre-started process that has NumPy and "
+                      "PyTorch imported (None: where the machine allows it), rather than start "
+                      "a fresh interpreter; the isolation is the same.").tag(config=True)
 
     def preprocess(self, nb, resources):
         from bnlib.grading import drivers as drivers_module
@@ -183,7 +205,7 @@ class IsolatedExecute(NbGraderPreprocessor):
             if cell.cell_type == "code" and not is_test_cell(cell)]
         needs_torch = any(job.driver.startswith("torch") for job in plan.jobs)
         sandbox = Sandbox(limits, drivers_file=drivers_module.__file__, isolate=self.isolate,
-                          control_groups=self.control_groups)
+                          control_groups=self.control_groups, prestarted=self.prestarted)
         outcome = sandbox.run(code_cells, plan.jobs,
                               preload=("numpy", "torch") if needs_torch else ("numpy",),
                               forbidden=forbidden_packages(plan.assignments))
@@ -191,10 +213,11 @@ class IsolatedExecute(NbGraderPreprocessor):
                       "; ".join(outcome.isolation) or "no isolation", time.monotonic() - started,
                       outcome.attempts)
         failed_cells = self._write_student_outputs(nb, outcome)
-        for index, entries in plan.tests.items():
-            nb.cells[index].outputs = self._verdict_outputs(
-                entries, outcome, plan.cases, plan.checks, failed_cells, limits)
-            nb.cells[index].execution_count = index + 1
+        with single_torch_thread(needs_torch):
+            for index, entries in plan.tests.items():
+                nb.cells[index].outputs = self._verdict_outputs(
+                    entries, outcome, plan.cases, plan.checks, failed_cells, limits)
+                nb.cells[index].execution_count = index + 1
         return nb, resources
 
     def _plan_checks(self, nb, label: str) -> CheckPlan:

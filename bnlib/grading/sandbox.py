@@ -1,11 +1,13 @@
 """Run untrusted student code in a separate, limited process, one step at a time.
 
 ``Sandbox.run`` writes a job into a private folder, starts ``bnlib/grading/harness.py`` there
-(``python -I -S``, the standard library and the site-packages holding NumPy only) and drives
-it: it sends each step (a cell, then a check) as a command, starts that step's clock when it
-sends it, and reads the reply, a cell's output or a check's results as ``.npz`` arrays loaded
-with ``allow_pickle=False``. Progress is the trusted side's own: nothing the student's code
-writes gives a step more time (see the harness's docstring for the protocol).
+(``python -I -S``, the standard library and the site-packages holding NumPy only; by default
+forked from a pre-started process that has imported NumPy and PyTorch once,
+``bnlib.grading.sandbox_server``) and drives it: it sends each step (a cell, then a check) as
+a command, starts that step's clock when it sends it, and reads the reply, a cell's output or
+a check's results as ``.npz`` arrays loaded with ``allow_pickle=False``. Progress is the
+trusted side's own: nothing the student's code writes gives a step more time (see the
+harness's docstring for the protocol).
 
 What the sandbox gets (README "What is isolated"): resource limits for the whole process tree
 (a control group where the machine allows it, else rlimits and sampling by this process);
@@ -22,6 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import os
 import select
 import shutil
@@ -36,6 +39,12 @@ from pathlib import Path
 from bnlib.grading import harness
 from bnlib.grading.cgroups import ControlGroup, ControlGroupUnavailable, ProcessTree
 from bnlib.grading.limits import GradingLimits
+from bnlib.grading.sandbox_server import (
+    ServerGone,
+    ServerUnavailable,
+    prestarted_available,
+    sandbox_server,
+)
 
 #: How often (seconds) a running step's CPU time and memory are looked at.
 TICK = 0.1
@@ -48,6 +57,12 @@ FORGED_REPLY = ("your code sent the grader a reply in the harness's place and we
                 "this step is not graded")
 #: The first uid of the private uids the sandboxes run as, and how many there are.
 FIRST_UID, UIDS = 100_000, 800_000
+#: The sandbox's whole environment, with a private ``HOME`` and ``TMPDIR`` added per job.
+ENVIRONMENT = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+               "PYTHONDONTWRITEBYTECODE": "1"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -231,26 +246,39 @@ class _Replies:
         return header, payload
 
 
+def _start_process(workdir: Path, env: dict[str, str], commands_read: int,
+                   replies_write: int) -> subprocess.Popen:
+    """A fresh ``python -I -S harness.py`` for one job."""
+    script = workdir / harness.GRADER_DIR / "harness.py"
+    return subprocess.Popen(
+        [os.path.realpath(sys.executable), "-I", "-S", str(script), str(workdir),
+         str(commands_read), str(replies_write)],
+        cwd=workdir, env={**ENVIRONMENT, **env}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        pass_fds=(commands_read, replies_write))
+
+
 class _Child:
     """One sandboxed process tree: its pipes, its control group (or process tree), and how
-    to stop all of it."""
+    to stop all of it. ``server``: fork it from that pre-started server, else start a fresh
+    process."""
 
-    def __init__(self, workdir: Path, uid, group: ControlGroup | None, limits: GradingLimits):
+    def __init__(self, workdir: Path, uid, group: ControlGroup | None, limits: GradingLimits,
+                 server=None):
         commands_read, self.commands = os.pipe()
         replies, replies_write = os.pipe()
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir / harness.HOME_DIR),
-               "TMPDIR": str(workdir / harness.HOME_DIR), "LANG": "C.UTF-8",
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        script = workdir / harness.GRADER_DIR / "harness.py"
-        self.proc = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", str(script), str(workdir),
-             str(commands_read), str(replies_write)],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            pass_fds=(commands_read, replies_write))
-        os.close(commands_read)
-        os.close(replies_write)
+        home = str(workdir / harness.HOME_DIR)
+        start = _start_process if server is None else server.start
+        try:
+            self.proc = start(workdir, {"HOME": home, "TMPDIR": home}, commands_read,
+                              replies_write)
+        except BaseException:
+            os.close(self.commands)
+            os.close(replies)
+            raise
+        finally:
+            os.close(commands_read)
+            os.close(replies_write)
         self.output = _CappedReader(self.proc.stdout, limits.output_chars)
         self.output.start()
         self.replies = _Replies(replies, limits.result_mb << 20)
@@ -306,6 +334,7 @@ class _Child:
             self.halted = True
             if self.group is not None:
                 self.group.kill()
+            self.proc.kill()  # the first process, even before it led its process group
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -354,12 +383,17 @@ class Sandbox:
 
     def __init__(self, limits: GradingLimits | None = None,
                  drivers_file: str | os.PathLike | None = None, hide: list[str] | None = None,
-                 isolate: bool | None = None, control_groups: bool = True):
+                 isolate: bool | None = None, control_groups: bool = True,
+                 prestarted: bool | None = None):
+        """``prestarted``: fork each sandbox from this process's pre-started server
+        (``bnlib.grading.sandbox_server``) rather than start a fresh interpreter; None: where
+        the machine allows it. Both give the same isolation."""
         self.limits = limits or GradingLimits()
         self.drivers_file = Path(drivers_file) if drivers_file else None
         self.hide = _hidden_dirs(hide or [])
         self.isolate = isolation_available() if isolate is None else isolate
         self.control_groups = control_groups
+        self.prestarted = prestarted_available() if prestarted is None else prestarted
 
     def run(self, cells: list[tuple[str, str]], checks: list[CheckJob],
             preload: tuple[str, ...] = ("numpy",),
@@ -376,7 +410,10 @@ class Sandbox:
             attempts += 1
             steps = [("cell", i) for i in range(len(cells)) if i not in skip] + [
                 ("check", i) for i, c in enumerate(checks) if c.key not in check_outcomes]
-            run = self._run_once(cells, checks, steps, preload, forbidden or {}, deadline)
+            try:
+                run = self._run_once(cells, checks, steps, preload, forbidden or {}, deadline)
+            except ServerGone:
+                continue  # the server died under this run, and the sandbox with it: again
             isolation = run.isolation or isolation
             output += run.output
             for index, outcome in run.cells.items():
@@ -413,7 +450,7 @@ class Sandbox:
         try:
             group, described = self._control_group(workdir.name)
             uid = self._prepare(workdir, cells, checks, preload, forbidden, group)
-            child = _Child(workdir, uid, group, self.limits)
+            child = self._start(workdir, uid, group, tuple(preload))
             self._drive(child, steps, deadline, run)
             run.isolation = [*run.isolation, described]
         finally:
@@ -425,7 +462,26 @@ class Sandbox:
             if group is not None:
                 group.remove()
             shutil.rmtree(workdir, ignore_errors=True)
+        if getattr(child.proc, "server_lost", False):
+            raise ServerGone("the sandbox server stopped during the run")
         return run
+
+    def _start(self, workdir: Path, uid, group, preload: tuple[str, ...]) -> _Child:
+        """The job's sandbox: forked from the pre-started server for ``preload`` (started
+        again if it has stopped), else a fresh process."""
+        if self.prestarted:
+            for _ in range(2):
+                try:
+                    server = sandbox_server(preload, python_paths(), ENVIRONMENT,
+                                            self.limits.startup_timeout)
+                    return _Child(workdir, uid, group, self.limits, server)
+                except ServerGone:
+                    continue  # it stopped since its last job
+                except ServerUnavailable as exc:
+                    log.warning("%s; starting a fresh sandbox process per job instead", exc)
+                    self.prestarted = False
+                    break
+        return _Child(workdir, uid, group, self.limits)
 
     def _control_group(self, name: str) -> tuple[ControlGroup | None, str]:
         limits = self.limits

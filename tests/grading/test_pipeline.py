@@ -15,6 +15,7 @@ from bnlib.grading.pipeline import (
     configure_autograde,
     explain_process_errors,
     forbidden_packages,
+    single_torch_thread,
 )
 
 FORWARD = textwrap.dedent("""\
@@ -156,3 +157,18 @@ def test_configure_autograde_replaces_execute_only():
     assert c.GradingLimits.cell_timeout == 7
     with pytest.raises(TypeError, match="unknown limit 'cell_time'"):
         configure_autograde(c, cell_time=7)
+
+
+def test_judging_uses_one_torch_thread_and_gives_the_others_back():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_torch_thread(True):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with single_torch_thread(False):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
