@@ -218,7 +218,7 @@ def test_memory_bomb_reports_out_of_memory(sandbox):
 @needs_control_group
 def test_memory_limit_holds_for_the_whole_process_tree(drivers):
     """Four forked children of 500 MiB each under a 1024 MiB limit."""
-    outcome = Sandbox(GradingLimits(**{**LIMITS, "cell_timeout": 10}),
+    outcome = Sandbox(GradingLimits(**{**LIMITS, "cell_timeout": 30}),
                       drivers_file=drivers).run([("0", textwrap.dedent(TREE_MEMORY))], [])
     # the control group's out-of-memory killer takes children until the rest fit
     assert int(outcome.cells["0"].stdout.split()[2]) >= 2
@@ -226,7 +226,7 @@ def test_memory_limit_holds_for_the_whole_process_tree(drivers):
 
 
 def test_without_a_control_group_the_tree_memory_is_sampled(drivers):
-    outcome = Sandbox(GradingLimits(**{**LIMITS, "cell_timeout": 10}), drivers_file=drivers,
+    outcome = Sandbox(GradingLimits(**{**LIMITS, "cell_timeout": 30}), drivers_file=drivers,
                       control_groups=False).run([("0", textwrap.dedent(TREE_MEMORY)),
                                                  ("1", "print('next')")], [])
     assert outcome.cells["0"].error["evalue"] == (

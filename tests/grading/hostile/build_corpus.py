@@ -437,6 +437,7 @@ def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):
 
 TREE_MEMORY = """
     import os, time
+    holding_read, holding_write = os.pipe()
     children = []
     for _ in range(4):
         pid = os.fork()
@@ -444,11 +445,22 @@ TREE_MEMORY = """
             block = bytearray(500 << 20)
             for i in range(0, len(block), 4096):
                 block[i] = 1
+            os.write(holding_write, b"x")  # this child now holds its 500 MiB
             time.sleep(600)
             os._exit(0)
         children.append(pid)
-    time.sleep(6)
-    print("children killed:", sum(os.waitpid(p, os.WNOHANG) == (p, 9) for p in children))
+    os.set_blocking(holding_read, False)
+    killed, holding = set(), 0
+    deadline = time.monotonic() + 20  # a busy machine may take long to allocate 2 GiB
+    while len(killed) + holding < len(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        killed |= {p for p in children if p not in killed
+                   and os.waitpid(p, os.WNOHANG) == (p, 9)}
+        try:
+            holding += len(os.read(holding_read, 8))
+        except BlockingIOError:
+            pass
+    print("children killed:", len(killed))
     """
 
 OTHER_STUDENTS = """
