@@ -313,6 +313,7 @@ def _explain_line(line: str, memory_mb: int) -> str:
     if not found or not function.isidentifier():
         return line
     exception, _, detail = after.partition(":")
+    exception = exception.split(",", 1)[0]  # "raised MemoryError, for x of shape ...": no message
     prefix = before[:len(before) - len(function)]
     if exception.rsplit(".", 1)[-1].endswith("MemoryError"):
         return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB)"
