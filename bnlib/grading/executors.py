@@ -212,7 +212,7 @@ class LocalExecutor:
     def _collect(self, process: _Process, readable: bool) -> dict | None:
         delivery = process.delivery
         line = process.proc.stdout.readline() if readable else ""
-        if line:
+        if line.endswith("\n"):  # else it ended, maybe half-way through a result
             process.delivery = None
             return json.loads(line)
         alive = process.proc.poll() is None and not readable  # readable and empty: it ended
