@@ -17,9 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
+from nbformat import v4
+from traitlets.config import Config
 
 from bnlib.grading import cli
-from bnlib.grading.executors import MAX_DELIVERIES, QUEUE, lost_message
+from bnlib.grading.executors import (
+    MAX_DELIVERIES,
+    QUEUE,
+    TASK,
+    CeleryExecutor,
+    deliveries_key,
+    lost_message,
+    make_job,
+)
 from tests.grading.test_hostile import HOSTILE, gradebook_rows, make_course
 
 pytestmark = pytest.mark.slow
@@ -211,6 +221,25 @@ def test_a_broker_that_goes_away_stops_the_run_and_a_rerun_finishes_the_class(
     assert code == 1, err
     assert {s["student"]: s["score"] for s in latest(course)["students"]} == {
         "correct": 10.0, "released_unmodified": 0.0, "missing_notebook": 0.0}
+
+
+def test_a_job_delivered_twice_leaves_one_result_and_is_recorded_once(
+        redis_server, workers, tmp_path):
+    nb = v4.new_notebook(cells=[v4.new_code_cell("print('judged')")])
+    job = make_job("bn_forward", "twice", {"bn_forward": nb}, Config())
+    worker = workers(redis_server.url, tmp_path / "worker.log")
+    worker.wait_ready()
+    with CeleryExecutor(redis_server.url) as executor:
+        executor.submit(job, 60)
+        executor.app.send_task(TASK, args=[job, 60], task_id=job["id"], queue=QUEUE)  # again
+        wait_for(lambda: len(worker.jobs("succeeded")) == 2, worker.text())
+        results = executor.results(wait=0)
+    assert worker.jobs("received") == [job["id"], job["id"]]
+    assert [r["id"] for r in results] == [job["id"]]  # one result for the coordinator
+    assert "judged" in results[0]["notebooks"]["bn_forward"]
+    client = redis_server.client()
+    assert client.get(deliveries_key(job["id"])) == b"2"
+    assert len(client.keys("celery-task-meta-*")) == 1  # one stored result
 
 
 def test_the_celery_executor_needs_a_broker(capsys):
