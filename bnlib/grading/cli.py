@@ -212,6 +212,7 @@ class Submission:
     to_grade: list[str]  # those submitted and readable
     unreadable: list[str]
     started: float
+    prepared: dict = field(default_factory=dict)  # notebook name -> as it was judged
 
     @property
     def folder(self) -> tuple[str, str]:
@@ -244,29 +245,37 @@ def check_submission(course: Course, assignment: str, student: str) -> Submissio
     return Submission(status, expected, to_grade, unreadable, started)
 
 
-#: Where the sanitize steps log while a job is prepared: their messages come back, once, from
-#: nbgrader's own run when the result is recorded.
-_QUIET = logging.getLogger("bnlib.grading.prepare")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
+class _Lines(logging.Handler):
+    """Keeps the messages logged to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def prepare_job(course: Course, config, submission: Submission) -> dict:
     """The job of a submission: its notebooks as nbgrader's autograde hands them to its execute
-    step (repaired by the pre-flight, then through the course's sanitize preprocessors)."""
+    step (repaired by the pre-flight, then through the course's sanitize preprocessors), kept
+    in ``submission.prepared``; the pre-flight's changes go to its messages."""
     from traitlets.utils.importstring import import_item
 
     assignment, student = submission.folder
-    notebooks = {}
+    log, lines = logging.Logger("bnlib.grading.prepare"), _Lines()
+    log.addHandler(lines)
     for name in submission.to_grade:
         nb = pf.read_notebook(course.submitted / student / assignment / f"{name}.ipynb").notebook
         resources = {"nbgrader": {"student": student, "assignment": assignment,
                                   "notebook": name, "db_url": course.db_url}}
         for step in config.Autograde.sanitize_preprocessors:
             step = import_item(step) if isinstance(step, str) else step
-            nb, resources = step(config=config, log=_QUIET)(nb, resources)
-        notebooks[name] = nb
-    return make_job(assignment, student, notebooks, config)
+            nb, resources = step(config=config, log=log)(nb, resources)
+        submission.prepared[name] = nb
+    submission.status.messages += [line.split("pre-flight", 1)[1].lstrip(": ")
+                                   for line in lines.lines if "pre-flight" in line]
+    return make_job(assignment, student, submission.prepared, config)
 
 
 def record(course: Course, config, submission: Submission, result: dict | None) -> StudentStatus:
@@ -282,13 +291,11 @@ def record(course: Course, config, submission: Submission, result: dict | None) 
         status.messages.append(result["error"])
         set_scores(course, assignment, student, None, None)
     else:
-        ok, log = autograde_judged(course, config, assignment, student, result["notebooks"])
+        ok, log = autograde_judged(config, submission, result["notebooks"])
         if not ok:
             status.status = "failed"
             status.messages.append("nbgrader autograde failed: " + _last_error(log))
             set_scores(course, assignment, student, None, None)
-        status.messages += [line.split("pre-flight", 1)[1].lstrip(": ")
-                            for line in log.splitlines() if "pre-flight" in line]
     for name in submission.expected:
         if name not in submission.to_grade:
             set_scores(course, assignment, student, name, 0.0)
@@ -300,10 +307,10 @@ def record(course: Course, config, submission: Submission, result: dict | None) 
     return status
 
 
-def autograde_judged(course: Course, config, assignment: str, student: str,
-                     judged: dict[str, str]) -> tuple[bool, str]:
-    """nbgrader's autograde of one submission, in this process, its execute step taking the
-    judged outputs: whether it succeeded, and its log."""
+def autograde_judged(config, submission: Submission, judged: dict[str, str]) -> tuple[bool, str]:
+    """nbgrader's autograde of one submission, in this process: its sanitize steps were run
+    when the job was prepared, its execute step takes the prepared notebooks with the judged
+    outputs. Returns whether it succeeded, and its log."""
     import copy
 
     from nbgrader.apps import NbGraderAPI
@@ -312,10 +319,12 @@ def autograde_judged(course: Course, config, assignment: str, student: str,
     from bnlib.grading.pipeline import IsolatedExecute
 
     merged = copy.deepcopy(config)
+    merged.Autograde.sanitize_preprocessors = []
     merged.Autograde.autograde_preprocessors = [
-        JudgedOutputs(judged) if step is IsolatedExecute else step
+        JudgedOutputs(submission.prepared, judged) if step is IsolatedExecute else step
         for step in config.Autograde.autograde_preprocessors]
-    outcome = NbGraderAPI(config=merged).autograde(assignment, student, force=True, create=True)
+    api = NbGraderAPI(config=merged)
+    outcome = api.autograde(*submission.folder, force=True, create=True)
     return outcome["success"], outcome.get("log", "") + outcome.get("error", "")
 
 

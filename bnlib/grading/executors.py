@@ -27,6 +27,7 @@ Nothing is lost and nothing is graded twice:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -104,19 +105,20 @@ def timeout_message(timeout: float) -> str:
 
 
 class JudgedOutputs(Preprocessor):
-    """Autograde's execute step for a submission judged by ``judge``: each code cell gets the
-    outputs of the judged notebook; a notebook that is not the one judged is refused."""
+    """Autograde's execute step for a submission judged by ``judge``: the notebook becomes the
+    one prepared for the job (``prepared``: name -> notebook), each code cell with the outputs
+    of the judged notebook; judged cells that differ from the prepared ones are refused."""
 
-    def __init__(self, judged: dict[str, str], **kwargs):
+    def __init__(self, prepared: dict, judged: dict[str, str], **kwargs):
         super().__init__(**kwargs)
-        self.judged, self.enabled = judged, True
+        self.prepared, self.judged, self.enabled = prepared, judged, True
 
     def preprocess(self, nb, resources):
         name = resources["nbgrader"]["notebook"]
+        nb = copy.deepcopy(self.prepared[name])
         judged = nbformat.reads(self.judged[name], 4)
         if _code(judged) != _code(nb):
-            raise ValueError(f"{name}: the notebook is not the one that was judged (was the "
-                             "submission changed while it was graded?)")
+            raise ValueError(f"{name}: the judged notebook is not the one sent to be judged")
         for cell, done in zip(nb.cells, judged.cells, strict=True):
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = done.outputs, done.execution_count

@@ -318,7 +318,7 @@ def _explain_line(line: str, memory_mb: int) -> str:
     if exception.rsplit(".", 1)[-1].endswith("MemoryError"):
         return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB)"
     if exception == "SystemExit":
-        code = detail.strip().split(" ", 1)[0] or "0"
+        code = detail.strip().split(" ", 1)[0].rstrip(",") or "0"
         return (f"{prefix}{function} ended the process (exit code {code}): do not call "
                 "sys.exit() or exit() in graded code")
     return line
