@@ -36,9 +36,10 @@ exercises: $(STAMP)
 			--force --log-level=ERROR || exit 1; \
 	done
 
-# Grade every submission in grading/submitted (ASSIGNMENT=bn_forward to grade one).
+# Grade every submission in grading/submitted (ASSIGNMENT=bn_forward to grade one;
+# GRADE_ARGS="--executor celery --broker redis://HOST:6379/0" to grade on the job queue).
 grade: $(STAMP)
-	$(PY) -m bnlib.grading.cli grade $(if $(ASSIGNMENT),--assignment $(ASSIGNMENT))
+	$(PY) -m bnlib.grading.cli grade $(if $(ASSIGNMENT),--assignment $(ASSIGNMENT)) $(GRADE_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cpu.py

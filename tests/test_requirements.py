@@ -21,9 +21,10 @@ def test_every_requirement_is_pinned_to_the_required_series():
     assert versions["torch"] == "2.13.0"  # the CPU wheel cached on the machines, not a CUDA build
     assert versions["jupyter-book"].startswith("1.0.")  # 2.x ignores _config.yml and _toc.yml
     assert versions["nbgrader"].startswith("0.9.")
+    assert versions["python-dateutil"] == "2.9.0.post0"  # the one celery 5.7 accepts
     for needed in ("numpy", "ipywidgets", "matplotlib", "scikit-learn", "tqdm", "pytest",
                    "hypothesis", "ruff", "myst-nb", "jupytext", "sphinxcontrib-bibtex",
-                   "keras", "triton", "playwright"):
+                   "keras", "triton", "playwright", "celery", "redis"):
         assert needed in versions, f"{needed} is missing from requirements.txt"
 
 
