@@ -108,10 +108,6 @@ def test_process_errors_are_explained():
     assert explain_process_errors("case 2: f raised numpy.core._exceptions._ArrayMemoryError: "
                                   "Unable to allocate", 512) == (
         "case 2: f ran out of memory (the limit is 512 MiB)")
-    assert explain_process_errors("f raised MemoryError, for x of shape (4, 3)", 512) == (
-        "f ran out of memory (the limit is 512 MiB)")
-    assert explain_process_errors("f raised SystemExit: 2, for x of shape (4, 3)", 512).startswith(
-        "f ended the process (exit code 2)")
     assert explain_process_errors("f raised SystemExit: 3", 512).startswith(
         "f ended the process (exit code 3)")
     assert explain_process_errors("f raised MemoryError, for x of shape (4, 3) (eps = 1e-05)",
