@@ -12,8 +12,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Progress bars are for live runs: a page built with one would show it frozen.
 book: book-assets
-	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+	TQDM_DISABLE=1 $(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
 # The site's own copies of MathJax, RequireJS and the ipywidgets manager (npm, pinned, cached).
 .PHONY: book-assets

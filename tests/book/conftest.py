@@ -87,8 +87,9 @@ def built_site() -> Path:
     if "BOOK_TOC" in os.environ:
         command += ["--toc", os.environ["BOOK_TOC"]]
     start = time.perf_counter()
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+    result = subprocess.run(  # no progress bars, as `make book` builds it
+        command, cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False,
+        env={**os.environ, "TQDM_DISABLE": "1"},
     )
     elapsed = time.perf_counter() - start
     log = result.stdout + result.stderr

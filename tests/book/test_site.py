@@ -165,6 +165,14 @@ def test_page_shows_no_markdown_as_text(page_reports, document):
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
+def test_page_shows_no_frozen_progress_bar(built_site, document):
+    """Progress bars are for live runs; the book is built with TQDM_DISABLE=1, so no page
+    keeps a bar stopped where the build left it (tqdm's readout ends in "it/s]")."""
+    page = (built_site / f"{document}.html").read_text()
+    assert "it/s]" not in page and "s/it]" not in page
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
 def test_computed_tables_render_as_tables(built_site, page_reports, document):
     """Every pipe table a code cell displays as Markdown is an HTML table on the page."""
     expected = computed_markdown_tables(document)
