@@ -248,9 +248,18 @@ def text(result: dict, key: str) -> str:
     return str(np.asarray(result[key]).item()) if key in result else ""
 
 
+def main_input(case: dict) -> str:
+    """The input a failure is located by: x, batches or W, else the graded function's first
+    parameter (``z`` of ``saturated_fraction(z, threshold=4.0)``)."""
+    for key in ("x", "batches", "W"):
+        if key in case:
+            return key
+    return parse_signature(str(case["signature"]))[1][0]
+
+
 def where(case: dict) -> str:
     """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'."""
-    key = next(k for k in ("x", "batches", "W") if k in case)
+    key = main_input(case)
     return f"for {key} of shape {tuple(np.shape(case[key]))} ({case['label']})"
 
 
@@ -301,7 +310,7 @@ def wrong_structure(result: dict, key: str, function: str,
 
 def case_dtype(case: dict) -> np.dtype:
     """The dtype every output must have: the dtype of the main input."""
-    return np.asarray(case[next(k for k in ("x", "batches", "W") if k in case)]).dtype
+    return np.asarray(case[main_input(case)]).dtype
 
 
 def close(got: np.ndarray, ref: np.ndarray, tolerance: dict) -> bool:
@@ -408,6 +417,20 @@ def compare(result: dict, key: str, ref: np.ndarray, function: str, case: dict,
                               f"float32 or float16): keep the input's float64 throughout",
                        diagnosed=True)
     return Verdict(False, message)
+
+
+#: What a function that returns one number may return: a float, a NumPy float or a 0-d array.
+NUMBER_TYPES = ("float", "numpy.float64", "numpy.float32", "numpy.ndarray")
+
+
+def compare_number(result: dict, key: str, ref: float, function: str, case: dict,
+                   hypotheses: list[Hypothesis] = ()) -> Verdict | None:
+    """:func:`compare` for a result that is one float64 number, whichever of
+    :data:`NUMBER_TYPES` holds it."""
+    kind = text(result, f"{key}.type")
+    one_number = kind in NUMBER_TYPES and np.ndim(result.get(key, np.nan)) == 0
+    return compare(result, key, np.asarray(ref, np.float64), function, case, hypotheses,
+                   expected_type=kind if one_number else "float", dtype=np.dtype(np.float64))
 
 
 # ---------------------------------------------------------------------------------------------
