@@ -2,18 +2,21 @@
 
     solutions/<assignment>/<assignment>.ipynb   source (solutions, visible and hidden tests)
     exercises/<assignment>/<assignment>.ipynb   release (generated, committed)
-    grading/                                    submitted, autograded, feedback, gradebook.db
+    grading/                                    submitted, autograded, feedback, gradebook.db,
+                                                downloaded (zip_collect), grades.csv (export)
                                                 (git-ignored; never committed)
 
-Every path is computed from this file's location, so the commands work from any directory
-and a copy of this file in another folder makes that folder a course of its own.
+nbgrader reads this file from the folder it is run in, so run its commands from the folder
+that holds this file. Every path is computed from this file's location: a copy of it in
+another folder makes that folder a course of its own.
 """
 
 import os
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor, Preprocessor
-from nbgrader.preprocessors import ClearHiddenTests, GetGrades
-from traitlets import Bool
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import GetGrades
+
+from bnlib.grading.pipeline import HideTestTracebacks, SanitizeStudentHTML, StripHiddenTests
 
 c = get_config()  # noqa: F821  (provided by traitlets when nbgrader loads this file)
 
@@ -38,43 +41,34 @@ os.makedirs(GRADING_ROOT, exist_ok=True)
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Graded code runs with a bounded time per cell.
+# Stock nbgrader's execution (replaced below by hardened grading) stops a cell after 120 s.
 c.Execute.timeout = 120
-c.Execute.allow_errors = True
 
+# `nbgrader zip_collect <assignment>` collects what a learning management system exports:
+# zip files or notebooks in grading/downloaded/<assignment>/archive/, each notebook named
+# <student id>_<notebook>.ipynb (the student id holds no underscore), e.g. alice_bn_forward.ipynb.
+c.ZipCollectApp.downloaded_directory = os.path.join("grading", "downloaded")  # from the root
+c.FileNameCollectorPlugin.named_regexp = (
+    r".*/(?P<student_id>[^/_]+)_(?P<file_id>[^/]+\.ipynb)$")
 
-class HideTestTracebacks(Preprocessor):
-    """Replace the traceback of a failed test cell by its one-line message.
-
-    A traceback quotes the line that failed, and in a test cell that line may be a hidden test;
-    the message (written by bnlib.grading) is what the student needs.
-    """
-
-    enabled = Bool(True)  # nbconvert preprocessors are off unless enabled
-
-    def preprocess_cell(self, cell, resources, index):
-        is_test_cell = cell.metadata.get("nbgrader", {}).get("grade", False) and not (
-            cell.metadata.get("nbgrader", {}).get("solution", False)
-        )
-        if cell.cell_type == "code" and is_test_cell:
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "error":
-                    output["traceback"] = [f"{output['ename']}: {output['evalue']}"]
-        return cell, resources
-
+# `nbgrader export` writes grades.csv next to the gradebook, never into the repository.
+c.ExportPlugin.to = os.path.join(GRADING_ROOT, "grades.csv")
 
 # Feedback is built from the autograded notebook, which holds the hidden tests again:
-# strip them, and the tracebacks that would quote them, before rendering.
+# strip them, and the tracebacks that would quote them, before rendering. A student's HTML
+# (a <script> or an onerror= in a written answer) is escaped, in feedback and in formgrader.
 c.GenerateFeedback.preprocessors = [
     GetGrades,
-    ClearHiddenTests,
+    StripHiddenTests,
     HideTestTracebacks,
+    SanitizeStudentHTML,
     CSSHTMLHeaderPreprocessor,
 ]
+c.HTMLExporter.sanitize_html = True
 
 # --- hardened autograding ---
 # Scores come from trusted code in this process; student code runs in a limited sandbox
-# (bnlib/grading/sandbox.py). See README "Grading: what is isolated".
+# (bnlib/grading/sandbox.py). See README "What is isolated, and what is not".
 from bnlib.grading.pipeline import configure_autograde  # noqa: E402
 
 configure_autograde(c)

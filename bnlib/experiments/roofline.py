@@ -3,9 +3,9 @@
 Batch normalization does a handful of additions and multiplications per element, so its time
 is set by how many bytes it moves, not by how many flops it does. This module holds:
 
-- the byte model of each normalization pass (:data:`BYTE_MODELS`, :func:`byte_model`), which
-  the GPU and CPU benchmarks in ``benchmarks/`` use as well, and the roofline of a device
-  (:func:`attainable_flops`, :func:`plot_roofline`);
+- the byte model of each normalization pass (:data:`BYTE_MODELS`, :func:`byte_model`,
+  :data:`ELEMENT_SIZES`), which the GPU and CPU benchmarks in ``benchmarks/`` use as well, and
+  the roofline of a device (:func:`attainable_flops`, :func:`plot_roofline`);
 - :func:`tensor_traffic`, which runs a PyTorch function under a dispatch mode and adds up the
   bytes each operator reads and writes, to count the passes of a composite implementation;
 - :func:`predicted_time_us` and :func:`predicted_time_widget` for "how long should this take";
@@ -16,8 +16,9 @@ is set by how many bytes it moves, not by how many flops it does. This module ho
 - :func:`median_seconds`, the one wall-clock timer of the chapters and the CPU benchmark, and
   :func:`time_cpu_batchnorm`, a small build-time CPU timing of BN2d forward + backward;
 - :func:`load_benchmark_results`, :func:`benchmark_metadata`, :func:`benchmark_table`,
-  :func:`find_case`, :func:`copy_share_table` and :func:`plot_benchmark_bandwidth` for the
-  committed GPU benchmark files in ``benchmarks/results/``.
+  :func:`find_case`, :func:`achieved_gbps`, :func:`copy_fraction`, :func:`copy_share_table` and
+  :func:`plot_benchmark_bandwidth` for the committed GPU benchmark files in
+  ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import numpy as np
 __all__ = [
     "BYTE_MODELS",
     "DEVICES",
+    "ELEMENT_SIZES",
     "ByteModel",
     "Device",
     "OperatorTraffic",
+    "achieved_gbps",
     "arithmetic_intensity",
     "attainable_flops",
     "benchmark_metadata",
@@ -45,6 +48,7 @@ __all__ = [
     "bn_training_designs",
     "byte_model",
     "chan_combine",
+    "copy_fraction",
     "copy_share_table",
     "effective_gbps",
     "find_case",
@@ -159,6 +163,10 @@ BYTE_MODELS = (
     ByteModel("ln", "backward", "LN backward", "read x, dy; write dx (each row stays on chip)",
               passes=3, passes_on_chip=3, flops=8),
 )
+
+
+#: Bytes of one value of each floating-point dtype the benchmarks and the chapter name.
+ELEMENT_SIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def byte_model(op: str, direction: str) -> ByteModel:
@@ -579,6 +587,27 @@ def find_case(rows: list[dict], **fields) -> dict:
     return matches[0]
 
 
+def achieved_gbps(row: dict, implementation: str = "bnlib") -> float:
+    """GB/s that ``implementation``'s median time in a benchmark row implies: the row's
+    ``bytes_moved`` (its byte model) over ``times_us[implementation]``.
+
+    ``implementation`` is a key of the row's ``times_us`` (``"bnlib"``, ``"bnlib_launch"``,
+    ``"eager"``, ``"eager_no_cudnn"``, ``"compile"``); KeyError naming those present if absent.
+    """
+    times = row["times_us"]
+    if not times.get(implementation):
+        raise KeyError(f"no time for {implementation!r} in this row; it has {sorted(times)}")
+    return effective_gbps(row["bytes_moved"], times[implementation] * 1e-6)
+
+
+def copy_fraction(run: dict, row: dict, implementation: str = "bnlib") -> float:
+    """:func:`achieved_gbps` as a fraction of the device-to-device copy measured in ``run``."""
+    copy_gbps = benchmark_metadata(run)["copy_gbps"]
+    if not copy_gbps:
+        raise ValueError(f"{run.get('file', 'this run')} records no copy bandwidth")
+    return achieved_gbps(row, implementation) / copy_gbps
+
+
 def copy_share_table(rows: list[dict], op: str = "bn", direction: str = "fwd+bwd") -> str:
     """Markdown table of ``percent_of_copy``: one line per shape, one column per dtype and layout.
 
@@ -623,8 +652,8 @@ def plot_benchmark_bandwidth(ax, rows: list[dict], baselines: Iterable[str] = ()
     baselines = list(baselines)
     series = {"bnlib": [_gbps(row) for row in cases]}
     for name in baselines:
-        series[name] = [row["bytes_moved"] / row["times_us"][name] / 1e3
-                        if row.get("times_us", {}).get(name) else 0.0 for row in cases]
+        series[name] = [achieved_gbps(row, name) if row.get("times_us", {}).get(name) else 0.0
+                        for row in cases]
     height = 0.8 / len(series)
     positions = np.arange(len(cases))
     for index, (name, values) in enumerate(series.items()):

@@ -40,8 +40,8 @@ def forbidden_imports(assignment: str) -> tuple[str, ...]:
 
 def forbidden_import_message(assignment: str, module: str) -> str:
     """What a student is told when their code imports a forbidden ``module``."""
-    return (f"importing {module} is not allowed in {assignment}: this assignment asks you to "
-            f"write the computation yourself, with NumPy")
+    return (f"{assignment} is a NumPy assignment: importing {module} is not allowed; write the "
+            f"computation yourself")
 
 
 def find_functions(check_spec: Check, namespace: dict) -> dict:

@@ -248,18 +248,25 @@ def text(result: dict, key: str) -> str:
     return str(np.asarray(result[key]).item()) if key in result else ""
 
 
-def main_input(case: dict) -> str:
-    """The input a failure is located by: x, batches or W, else the graded function's first
-    parameter (``z`` of ``saturated_fraction(z, threshold=4.0)``)."""
+def main_input(case: dict) -> str | None:
+    """The input array a failure is located by: x, batches or W, else the graded function's
+    first parameter when it is an array (``z`` of ``saturated_fraction(z, threshold=4.0)``)."""
     for key in ("x", "batches", "W"):
         if key in case:
             return key
-    return parse_signature(str(case["signature"]))[1][0]
+    try:
+        first = parse_signature(str(case.get("signature")))[1][:1]
+    except ValueError:  # a class, declared by a sentence
+        return None
+    return first[0] if first and isinstance(case.get(first[0]), np.ndarray) else None
 
 
 def where(case: dict) -> str:
-    """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'."""
+    """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'; a case without an
+    input array is named by its label alone, e.g. 'for lr = 0.5, weight_decay = 0.01'."""
     key = main_input(case)
+    if key is None:
+        return f"for {case['label']}"
     return f"for {key} of shape {tuple(np.shape(case[key]))} ({case['label']})"
 
 
@@ -360,6 +367,9 @@ def validate_array(result: dict, key: str, shape: tuple, function: str, dtype: n
 
 Hypothesis = tuple[str, Callable[[dict], np.ndarray]]
 
+#: What a hypothesis raises for a case it does not apply to (another shape, the same eps, ...).
+DOES_NOT_APPLY = (ValueError, IndexError, KeyError, ZeroDivisionError, FloatingPointError)
+
 
 def diagnose(got: np.ndarray, case: dict, hypotheses: list[Hypothesis],
              facts: Callable[[np.ndarray], dict]) -> str:
@@ -371,7 +381,7 @@ def diagnose(got: np.ndarray, case: dict, hypotheses: list[Hypothesis],
         try:
             if close(got, recompute(case), case):
                 return message.format(**scalars, **facts(got))
-        except (ValueError, IndexError, KeyError, ZeroDivisionError, FloatingPointError):
+        except DOES_NOT_APPLY:
             continue
     return ""
 
@@ -419,18 +429,23 @@ def compare(result: dict, key: str, ref: np.ndarray, function: str, case: dict,
     return Verdict(False, message)
 
 
-#: What a function that returns one number may return: a float, a NumPy float or a 0-d array.
-NUMBER_TYPES = ("float", "numpy.float64", "numpy.float32", "numpy.ndarray")
-
-
 def compare_number(result: dict, key: str, ref: float, function: str, case: dict,
-                   hypotheses: list[Hypothesis] = ()) -> Verdict | None:
-    """:func:`compare` for a result that is one float64 number, whichever of
-    :data:`NUMBER_TYPES` holds it."""
-    kind = text(result, f"{key}.type")
-    one_number = kind in NUMBER_TYPES and np.ndim(result.get(key, np.nan)) == 0
-    return compare(result, key, np.asarray(ref, np.float64), function, case, hypotheses,
-                   expected_type=kind if one_number else "float", dtype=np.dtype(np.float64))
+                   hypotheses: list[Hypothesis] = (), unit: str = "") -> Verdict | None:
+    """None when ``result[key]`` is a real number (int or float) that matches ``ref``; else a
+    verdict naming the mistake whose recomputed number matches, or saying how far it is."""
+    value = np.asarray(result.get(key, np.nan))
+    if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value):
+        kind = text(result, f"{key}.type") or "nothing"
+        return Verdict(False, f"{function} must return {key} as one finite number; got {kind} "
+                              f"{where(case)}")
+    got = float(value)
+    if close(got, ref, case):
+        return None
+    diagnosis = diagnose(np.asarray(got), case, list(hypotheses), no_facts)
+    if diagnosis:
+        return Verdict(False, f"{function} {where(case)}: {diagnosis}", diagnosed=True)
+    return Verdict(False, f"{function}: {key} is wrong {where(case)}: yours is {got:.6g}"
+                          f"{unit}, expected {ref:.6g}{unit}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,10 +541,10 @@ def edge_cases(seed: int | None, ndim: int = 2, **kwargs) -> list[dict]:
 
 def other_inputs(case: dict) -> dict:
     """A second input of the same shape and dtype (``other.<name>``), for a second forward call
-    before the backward: its statistics differ from the first one's."""
+    before the backward: its statistics differ from the first one's, its parameters do not."""
     x = np.asarray(case["x"])
-    return {"other.x": (x[::-1] * 1.5 + 0.5).astype(x.dtype), "other.gamma": case["gamma"],
-            "other.beta": case["beta"]}
+    same = {f"other.{k}": case[k] for k in ("gamma", "beta", "num_groups") if k in case}
+    return {"other.x": (x[::-1] * 1.5 + 0.5).astype(x.dtype), **same}
 
 
 def other_case(case: dict) -> dict:
@@ -640,21 +655,26 @@ def normalization_facts(case: dict, axes: tuple[int, ...], channel_axis: int = 1
 # Gradients.
 
 def gradient_hypotheses(axes: tuple[int, ...] | None = None, channel_axis: int = 1,
-                        wrong_axes: tuple[int, ...] | None = None) -> list[Hypothesis]:
+                        wrong_axes: tuple[tuple[str, tuple[int, ...]], ...] = (),
+                        view: Callable[[dict], tuple] | None = None) -> list[Hypothesis]:
     """Mistakes in dx of a normalization whose statistics run over ``axes`` (None: batch
     norm's, every axis but 1).
 
-    ``wrong_axes``: if given, also the batch terms taken over these (wrong) axes.
+    ``wrong_axes``: (message, axes) pairs, the mean terms of dx taken over these wrong axes.
+    ``view``: the shape ``view(case)`` that x is reshaped to before the statistics are taken
+    (group norm's (N, G, C // G, H, W)); ``axes`` and ``wrong_axes`` are axes of that view.
     """
 
     def parts(case):
         x, dout = f64(case, "x"), f64(case, "dout")
+        gamma = affine(np.ones_like(x), case["gamma"], np.zeros_like(case["gamma"]),
+                       channel_axis)
+        if view is not None:
+            x, dout, gamma = (a.reshape(view(case)) for a in (x, dout, gamma))
         over = reduction_axes(x) if axes is None else axes
         mean = x.mean(axis=over, keepdims=True)
         inv_std = 1.0 / np.sqrt(x.var(axis=over, keepdims=True) + case["eps"])
         xhat = (x - mean) * inv_std
-        gamma = affine(np.ones_like(x), case["gamma"], np.zeros_like(case["gamma"]),
-                       channel_axis)
         return xhat, inv_std, dout * gamma, gamma, over
 
     def dx_with(mean_term=1.0, var_term=1.0, scale_by_gamma=True, count=False, over=None,
@@ -668,9 +688,10 @@ def gradient_hypotheses(axes: tuple[int, ...] | None = None, channel_axis: int =
                                       if a not in over_])
             reduce = np.sum if count else np.mean
             factor = n / (n - 1) if bessel else 1.0
-            return inv_std * (dxhat - mean_term * reduce(dxhat, axis=over_, keepdims=True)
-                              - var_term * factor * xhat
-                              * reduce(dxhat * xhat, axis=over_, keepdims=True))
+            dx = inv_std * (dxhat - mean_term * reduce(dxhat, axis=over_, keepdims=True)
+                            - var_term * factor * xhat
+                            * reduce(dxhat * xhat, axis=over_, keepdims=True))
+            return dx.reshape(np.shape(case["x"]))
         return recompute
 
     hypotheses: list[Hypothesis] = [
@@ -692,12 +713,7 @@ def gradient_hypotheses(axes: tuple[int, ...] | None = None, channel_axis: int =
         ("the variance term of dx divides by N - 1: the forward pass uses the biased variance, "
          "so d var / d x = 2 (x - mean) / N", dx_with(bessel=True)),
     ]
-    if wrong_axes is not None:
-        hypotheses.insert(0, (
-            "the means in dx run over the batch (axis 0): layer norm's statistics are per "
-            "sample, so the terms mean(dxhat) and mean(dxhat * xhat) run over axis 1 "
-            "(keepdims=True)", dx_with(over=wrong_axes)))
-    return hypotheses
+    return [(message, dx_with(over=over)) for message, over in wrong_axes] + hypotheses
 
 
 def parameter_gradients(result: dict, case: dict, function: str, ref_dgamma: np.ndarray,
@@ -738,8 +754,13 @@ STALE_CACHE = ("{function} ignores its cache argument: its gradients are those o
 
 
 def gradient_judge(reference: Callable[[dict], tuple], dx_hypotheses: list[Hypothesis],
-                   expected_type: str = "numpy.ndarray"):
-    """A judge of (dx, dgamma, dbeta) against ``reference(case) -> (dx, dgamma, dbeta)``."""
+                   expected_type: str = "numpy.ndarray",
+                   every_gradient: list[tuple[str, Callable[[dict], tuple]]] = ()):
+    """A judge of (dx, dgamma, dbeta) against ``reference(case) -> (dx, dgamma, dbeta)``.
+
+    ``every_gradient``: mistakes that change all three gradients, (message, recompute) with
+    ``recompute(case) -> (dx, dgamma, dbeta)``, named when all three match; a backward that
+    ignores its cache is always one of them."""
 
     def judge(case: dict, result: dict) -> Verdict | None:
         function = case["function"]
@@ -747,20 +768,30 @@ def gradient_judge(reference: Callable[[dict], tuple], dx_hypotheses: list[Hypot
         verdict = (parameter_gradients(result, case, function, dgamma, dbeta, expected_type)
                    or compare(result, "dx", dx, function, case, dx_hypotheses,
                               expected_type=expected_type))
-        if verdict and "other.x" in case and uses_other_cache(result, case, reference):
-            return Verdict(False, f"{function} {where(case)}: "
-                                  f"{STALE_CACHE.format(function=function)}", diagnosed=True)
+        if not verdict:
+            return None
+        mistakes = list(every_gradient)
+        if "other.x" in case:
+            mistakes.append((STALE_CACHE.format(function=function),
+                             lambda c: reference(other_case(c))))
+        for message, recompute in mistakes:
+            if gradients_match(result, case, recompute):
+                return Verdict(False, f"{function} {where(case)}: {message}", diagnosed=True)
         return verdict
 
     return judge
 
 
-def uses_other_cache(result: dict, case: dict, reference: Callable[[dict], tuple]) -> bool:
-    """True when dx, dgamma and dbeta are the gradients of the second forward call's input."""
+def gradients_match(result: dict, case: dict, recompute: Callable[[dict], tuple]) -> bool:
+    """True when dx, dgamma and dbeta all equal those of ``recompute(case)``."""
     keys = ("dx", "dgamma", "dbeta")
-    return all(k in result for k in keys) and all(
-        close(result[k], ref, case) for k, ref in zip(keys, reference(other_case(case)),
-                                                      strict=True))
+    if not all(k in result for k in keys):
+        return False
+    try:
+        expected = recompute(case)
+    except DOES_NOT_APPLY:
+        return False
+    return all(close(result[k], ref, case) for k, ref in zip(keys, expected, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,16 +805,32 @@ BIASED_RUNNING_VAR = ("running_var must be updated with the unbiased batch varia
                       "correction: times n / (n - 1), n = {count}, the number of values per "
                       "feature), as torch.nn's batch norm does; you used the biased variance "
                       "that normalizes the batch")
-HARD_CODED_MOMENTUM = ("your update ignores the momentum argument (it matches momentum = 0.1 "
-                       "while momentum = {momentum:g} was given): use the momentum you are given")
+
+
+def ignored_momentum(default: float) -> str:
+    """The message for an update that uses ``default`` whatever momentum it is given."""
+    return (f"your update ignores the momentum argument (it matches momentum = {default:g} "
+            "while momentum = {momentum:g} was given): use the momentum you are given")
+
+
+HARD_CODED_MOMENTUM = ignored_momentum(0.1)
+# The same two mistakes, made where Keras' convention is asked for.
+TORCH_MOMENTUM = ("your running statistics follow PyTorch's momentum convention (momentum "
+                  "weights the new batch: running = (1 - momentum) * running + momentum * "
+                  "batch); in Keras momentum is a decay that weights the old value: running = "
+                  "momentum * running + (1 - momentum) * batch")
+UNBIASED_RUNNING_VAR = ("Keras stores the biased batch variance (divide by n = {count}, the "
+                        "number of values per feature, np.var's default ddof=0); you applied "
+                        "Bessel's correction n / (n - 1), as PyTorch does")
 
 
 def running_statistics(batches, mean, var, momentum: float, *, keras: bool = False,
                        bessel: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(running_mean, running_var) after a training step on each batch in turn, in float64.
 
-    PyTorch's convention, or a mistake: ``keras`` (momentum weights the old value),
-    ``bessel="none"`` (the biased variance), ``bessel="batch"`` (n / (n - 1) with n = N)."""
+    PyTorch's convention by default; ``keras=True`` (momentum weights the old value) with
+    ``bessel="none"`` (the biased variance) is Keras' convention; ``bessel="batch"`` (n / (n - 1)
+    with n = N) is a mistake in either."""
     mean, var = np.array(mean, np.float64), np.array(var, np.float64)
     new = 1.0 - momentum if keras else momentum
     for batch in np.asarray(batches, np.float64):

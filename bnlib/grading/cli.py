@@ -3,6 +3,9 @@
     python -m bnlib.grading.cli grade [--assignment bn_forward] [--jobs 2] [--course DIR]
     python -m bnlib.grading.cli validate my_notebook.ipynb [--release exercises/bn_forward/...]
 
+The course is the folder given with ``--course``, else the nearest folder at or above the
+current one that holds an ``nbgrader_config.py``; without one, ``grade`` stops and says so.
+
 ``grade`` runs ``nbgrader autograde`` once per student and assignment, in parallel, so one
 broken notebook never stops the class. Around it: a lock (a second run waits for nothing, it
 stops), a backup of the gradebook, a pre-flight of every submission, a per-student status
@@ -99,6 +102,15 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def find_course(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` that holds an nbgrader_config.py."""
+    start = start.resolve()
+    for folder in [start, *start.parents]:
+        if (folder / "nbgrader_config.py").is_file():
+            return folder
+    return None
 
 
 class Course:
@@ -280,7 +292,7 @@ def grade_class(course: Course, assignments: list[str], jobs: int, timeout: floa
         with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
             statuses = list(pool.map(
                 lambda task: _safe_grade(course, task[0], task[1], timeout), tasks))
-        record = {"started": started.isoformat(timespec="seconds"),
+        record = {"course": str(course.root), "started": started.isoformat(timespec="seconds"),
                   "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                   "gradebook_backup": str(backup) if backup else None,
                   "versions": versions(), "students": [asdict(s) for s in statuses],
@@ -305,7 +317,8 @@ def _safe_grade(course: Course, assignment: str, student: str, timeout: float) -
 
 def summary(record: dict) -> str:
     """A table of every student and a list of every failure."""
-    lines = [f"{'assignment':<14} {'student':<24} {'status':<9} {'score':>13}"]
+    lines = [f"course: {record['course']}",
+             f"{'assignment':<14} {'student':<24} {'status':<9} {'score':>13}"]
     failures = []
     for s in record["students"]:
         score = "-" if s["score"] is None else f"{s['score']:g} / {s['max_score']:g}"
@@ -329,7 +342,7 @@ def validate(path: Path, release: Path | None) -> tuple[bool, list[str]]:
     """The student-side check: pre-flight plus the visible tests, run as the grader runs them."""
     import logging
 
-    from bnlib.grading.pipeline import IsolatedExecute, is_test_cell
+    from bnlib.grading.pipeline import IsolatedExecute
 
     lines = []
     try:
@@ -338,8 +351,9 @@ def validate(path: Path, release: Path | None) -> tuple[bool, list[str]]:
         return False, [str(exc)]
     reference = None
     if release is None:
-        candidate = Path(__file__).resolve().parents[2] / "exercises" / path.stem / path.name
-        release = candidate if candidate.exists() else None
+        course = find_course(path.parent) or find_course(Path.cwd())
+        candidate = course / "exercises" / path.stem / path.name if course else None
+        release = candidate if candidate is not None and candidate.exists() else None
     if release is not None:
         reference = pf.Reference.from_notebook(pf.read_notebook(release).notebook)
     else:
@@ -353,7 +367,7 @@ def validate(path: Path, release: Path | None) -> tuple[bool, list[str]]:
                                                              "notebook": path.stem}})
     ok = True
     for index, cell in enumerate(nb.cells):
-        if not is_test_cell(cell):
+        if not pf.is_test_cell(cell):
             continue
         for output in cell.outputs:
             if output.output_type == "error":
@@ -369,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     grade = commands.add_parser("grade", help="grade every submission of a class")
-    grade.add_argument("--course", type=Path, default=Path(__file__).resolve().parents[2])
+    grade.add_argument("--course", type=Path, help="the course folder (holds nbgrader_config.py); "
+                       "default: the current folder or the nearest one above it")
     grade.add_argument("--assignment", action="append", help="repeatable; default: all")
     grade.add_argument("--student", action="append", help="repeatable; default: all")
     grade.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -384,7 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
         print("OK: this notebook can be graded" if ok else "NOT OK: see the messages above")
         return 0 if ok else 1
-    course = Course(args.course)
+    root = args.course or find_course(Path.cwd())
+    if root is None or not (root / "nbgrader_config.py").is_file():
+        print(f"error: no nbgrader_config.py in {(root or Path.cwd()).resolve()}"
+              f"{'' if args.course else ' or a folder above it'}: run this in a course folder "
+              "or pass --course DIR", file=sys.stderr)
+        return 2
+    course = Course(root)
     try:
         record = grade_class(course, args.assignment or course.assignments(), args.jobs,
                              args.timeout, args.student)

@@ -6,16 +6,20 @@ preprocessors for everything but execution:
 
     sanitize:  ClearOutput, PreflightCells, OverwriteKernelspec, OverwriteCells, CheckCellMetadata
     autograde: IsolatedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
-               SaveAutoGrades, AssignLatePenalties, CheckCellMetadata
+               SaveAutoGrades, AssignLatePenalties, CheckCellMetadata, SanitizeStudentHTML
 
 ``PreflightCells`` replaces ``DeduplicateIds`` (which lets one copied test cell abort a batch):
 it restores deleted and edited test cells from the gradebook and logs every change.
+``SanitizeStudentHTML`` (nbconvert's ``SanitizeHTML``, switched on) makes the student's
+markdown inert in the autograded notebook, which formgrader and the feedback both render.
 ``IsolatedExecute`` replaces ``Execute``:
 
 1. in this (trusted) process, it finds the ``check(...)`` calls of every test cell with ``ast``
    and computes their inputs, before any student code runs;
-2. it runs the student's code cells (never the test cells) in ``bnlib.grading.sandbox``, then
-   the drivers on those inputs, and gets plain arrays back;
+2. it runs the student's code cells (never the test cells) in ``bnlib.grading.sandbox``, one
+   step at a time, then the drivers on those inputs, and gets plain arrays back; the packages
+   the notebook's assignments forbid (``bnlib.grading.forbidden_imports``) cannot be imported
+   there;
 3. it judges the arrays here, against bnlib's reference, and writes the verdict into the test
    cell's outputs: a stream on success, an error (ename, evalue, traceback = the message) on
    failure, which is exactly what nbgrader's ``SaveAutoGrades`` scores. Student cells get their
@@ -25,19 +29,20 @@ it restores deleted and edited test cells from the gradebook and logs every chan
 from __future__ import annotations
 
 import ast
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbconvert.preprocessors import ClearMetadataPreprocessor, Preprocessor
+from nbconvert.preprocessors.sanitize import SanitizeHTML
 from nbformat import v4
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
+    ClearHiddenTests,
     ClearOutput,
     IgnorePattern,
     LimitOutput,
@@ -46,10 +51,12 @@ from nbgrader.preprocessors import (
     OverwriteKernelspec,
     SaveAutoGrades,
 )
-from traitlets import Bool, Float, Integer
+from traitlets import Bool, List, Unicode
 
 from bnlib.grading import preflight as pf
-from bnlib.grading.sandbox import CheckJob, Limits, Sandbox
+from bnlib.grading.limits import GradingLimits
+from bnlib.grading.preflight import is_test_cell
+from bnlib.grading.sandbox import CheckJob, Sandbox, clean_text
 
 MARKER = "# --- hardened autograding ---"
 
@@ -101,6 +108,7 @@ class CheckPlan:
     jobs: list[CheckJob] = field(default_factory=list)
     cases: dict[str, list[dict]] = field(default_factory=dict)
     checks: dict[str, object] = field(default_factory=dict)
+    assignments: set[str] = field(default_factory=set)
 
 
 class UngradableTestCell(ValueError):
@@ -140,21 +148,6 @@ def find_check_calls(source: str) -> list[CheckCall]:
     return [call for _, call in sorted(calls, key=lambda pair: pair[0])]  # source order
 
 
-def is_test_cell(cell) -> bool:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
-
-
-def student_source(source: str) -> str:
-    """Plain Python for a notebook cell: IPython syntax (%magic, !shell) converted."""
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-
-        return TransformerManager().transform_cell(source)
-    except Exception:  # noqa: BLE001 - a cell IPython cannot transform runs as written
-        return source
-
-
 def _stream(text: str, name: str = "stdout"):
     return v4.new_output("stream", name=name, text=text)
 
@@ -165,47 +158,42 @@ def _error(ename: str, message: str):
 
 
 class IsolatedExecute(NbGraderPreprocessor):
-    """nbgrader preprocessor that grades a notebook without running student code in-process."""
+    """nbgrader preprocessor that grades a notebook without running student code in-process.
 
-    cell_timeout = Float(20.0, help="Seconds one student cell may run.").tag(config=True)
-    check_timeout = Float(60.0, help="Seconds the cases of one check may run.").tag(config=True)
-    total_timeout = Float(600.0, help="Seconds for one whole notebook.").tag(config=True)
-    memory_mb = Integer(2048, help="Address-space limit of the student process.").tag(config=True)
-    max_processes = Integer(64, help="RLIMIT_NPROC of the student process.").tag(config=True)
-    output_cap = Integer(20_000, help="Characters of output kept per cell.").tag(config=True)
+    Its limits are ``GradingLimits``' (``c.GradingLimits.cell_timeout = 10``, ...)."""
+
     hidden_only_cells_pass = Bool(
         False, help="A test cell without check(...) calls passes with a note: the released "
         "notebook's cells that hold only hidden tests (used by validate).").tag(config=True)
     isolate = Bool(None, allow_none=True,
                    help="Namespaces and a private uid (None: where running as root on Linux)."
                    ).tag(config=True)
-
-    def limits(self) -> Limits:
-        return Limits(cell_timeout=self.cell_timeout, check_timeout=self.check_timeout,
-                      total_timeout=self.total_timeout, memory=self.memory_mb << 20,
-                      processes=self.max_processes, output_cap=self.output_cap)
+    control_groups = Bool(True, help="A control group per sandbox where the machine allows "
+                          "it (else rlimits and sampling).").tag(config=True)
 
     def preprocess(self, nb, resources):
         from bnlib.grading import drivers as drivers_module
 
         started = time.monotonic()
         label = _label(resources)
+        limits = GradingLimits(parent=self)
         plan = self._plan_checks(nb, label)  # trusted inputs, before any student code runs
         code_cells = [("__setup__", IPYTHON_STUB)] + [
-            (str(index), student_source(cell.source)) for index, cell in enumerate(nb.cells)
+            (str(index), cell.source) for index, cell in enumerate(nb.cells)
             if cell.cell_type == "code" and not is_test_cell(cell)]
         needs_torch = any(job.driver.startswith("torch") for job in plan.jobs)
-        sandbox = Sandbox(self.limits(), drivers_file=drivers_module.__file__,
-                          isolate=self.isolate)
+        sandbox = Sandbox(limits, drivers_file=drivers_module.__file__, isolate=self.isolate,
+                          control_groups=self.control_groups)
         outcome = sandbox.run(code_cells, plan.jobs,
-                              preload=("numpy", "torch") if needs_torch else ("numpy",))
+                              preload=("numpy", "torch") if needs_torch else ("numpy",),
+                              forbidden=forbidden_packages(plan.assignments))
         self.log.info("%s: ran in the sandbox (%s) in %.1f s, %d process(es)", label,
                       "; ".join(outcome.isolation) or "no isolation", time.monotonic() - started,
                       outcome.attempts)
         failed_cells = self._write_student_outputs(nb, outcome)
         for index, entries in plan.tests.items():
             nb.cells[index].outputs = self._verdict_outputs(
-                entries, outcome, plan.cases, plan.checks, failed_cells)
+                entries, outcome, plan.cases, plan.checks, failed_cells, limits)
             nb.cells[index].execution_count = index + 1
         return nb, resources
 
@@ -238,6 +226,7 @@ class IsolatedExecute(NbGraderPreprocessor):
                                              "tell your instructor")
                     continue
                 key = f"{index}-{number}"
+                plan.assignments.add(call.assignment)
                 plan.cases[key] = check.cases(call.seed)
                 plan.checks[key] = check
                 plan.jobs.append(CheckJob(key, check.driver, tuple(check.functions),
@@ -265,7 +254,8 @@ class IsolatedExecute(NbGraderPreprocessor):
                               f"{result.error['evalue'][:200]}")
         return failed
 
-    def _verdict_outputs(self, entries, outcome, cases, checks_by_key, failed_cells) -> list:
+    def _verdict_outputs(self, entries, outcome, cases, checks_by_key, failed_cells,
+                         limits: GradingLimits) -> list:
         passed, failures = [], []
         for entry in entries:
             if isinstance(entry, str):
@@ -273,7 +263,7 @@ class IsolatedExecute(NbGraderPreprocessor):
                 continue
             key, call = entry
             message = _judge(checks_by_key[key], cases[key], outcome.checks.get(key),
-                             failed_cells, self.memory_mb)
+                             failed_cells, limits)
             if message is None:
                 hidden = " (hidden cases)" if call.seed is not None else ""
                 passed.append(f"passed: {checks_by_key[key].description}{hidden}")
@@ -287,7 +277,7 @@ class IsolatedExecute(NbGraderPreprocessor):
 
 
 def _judge(check, cases: list[dict], result, failed_cells: list[str],
-           memory_mb: int) -> str | None:
+           limits: GradingLimits) -> str | None:
     """None when every case passes, else the message ``check(...)`` would raise in a kernel."""
     from bnlib.grading import SIGNATURES
     from bnlib.grading.checks import combine
@@ -305,21 +295,126 @@ def _judge(check, cases: list[dict], result, failed_cells: list[str],
         return "some cases of this check returned no result"
     verdict = combine([check.judge(case, data) for case, data in zip(cases, result.results,
                                                                           strict=True)])
-    return None if verdict.passed else explain_process_errors(verdict.message, memory_mb)
+    if verdict.passed:
+        return None
+    return explain_process_errors(verdict.message[:limits.output_chars], limits.memory_mb)
 
 
 def explain_process_errors(message: str, memory_mb: int) -> str:
-    """Say "ran out of memory" and "ended the process" where a driver reports the exception."""
-    message = re.sub(r"(\w+) raised (?:\w+\.)*\w*MemoryError:?[^\n]*",
-                     rf"\1 ran out of memory (the limit is {memory_mb} MiB)", message)
-    return re.sub(r"(\w+) raised SystemExit:? ?(-?\d*)[^\n]*",
-                  lambda m: f"{m[1]} ended the process (exit code {m[2] or 0}): do not call "
-                            "sys.exit() or exit() in graded code", message)
+    """Say "ran out of memory" and "ended the process" where a driver reports the exception
+    ("f raised MemoryError: ...", "f raised SystemExit: 3"); one pass over each line, no
+    regular expression, so the work grows with the length of the message and no faster."""
+    return "\n".join(_explain_line(line, memory_mb) for line in message.split("\n"))
+
+
+def _explain_line(line: str, memory_mb: int) -> str:
+    before, found, after = line.partition(" raised ")
+    function = before.rsplit(" ", 1)[-1]
+    if not found or not function.isidentifier():
+        return line
+    exception, _, detail = after.partition(":")
+    prefix = before[:len(before) - len(function)]
+    if exception.rsplit(".", 1)[-1].endswith("MemoryError"):
+        return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB)"
+    if exception == "SystemExit":
+        code = detail.strip().split(" ", 1)[0] or "0"
+        return (f"{prefix}{function} ended the process (exit code {code}): do not call "
+                "sys.exit() or exit() in graded code")
+    return line
+
+
+def forbidden_packages(assignments) -> dict[str, str]:
+    """Packages that every assignment of the notebook forbids -> the message student code gets
+    when it imports one (the NumPy assignments exist to make students write what they do)."""
+    from bnlib.grading import forbidden_import_message, forbidden_imports
+
+    rules = {}
+    for assignment in sorted(assignments):
+        try:
+            rules[assignment] = set(forbidden_imports(assignment))
+        except KeyError:  # an unknown check, reported in its test cell
+            continue
+    if not rules:
+        return {}
+    first = next(iter(rules))
+    return {name: forbidden_import_message(first, name)
+            for name in sorted(set.intersection(*rules.values()))}
 
 
 def _label(resources) -> str:
     info = resources.get("nbgrader", {})
     return f"{info.get('student', '?')}/{info.get('assignment', '?')}/{info.get('notebook', '?')}"
+
+
+class HideTestTracebacks(Preprocessor):
+    """Feedback: replace the traceback of a failed test cell by its one-line message.
+
+    A traceback quotes the line that failed, and in a test cell that line may be a hidden test;
+    the message (written by bnlib.grading) is what the student needs.
+    """
+
+    enabled = Bool(True)  # nbconvert preprocessors are off unless enabled
+
+    def preprocess_cell(self, cell, resources, index):
+        if is_test_cell(cell):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output['ename']}: {output['evalue']}"]
+        return cell, resources
+
+
+class StripHiddenTests(ClearHiddenTests):
+    """nbgrader's ClearHiddenTests, declaring the ``display_data_priority`` setting that
+    nbconvert's HTML exporter gives every preprocessor (nbgrader's own class warns, on every
+    feedback run, that it does not recognise it)."""
+
+    display_data_priority = List(Unicode(), config=True)
+
+
+#: What rendered Markdown needs, and nothing that runs code: tags, their attributes, and the
+#: link schemes an href or src may use.
+MARKDOWN_TAGS = frozenset({
+    "a", "abbr", "b", "blockquote", "br", "code", "del", "div", "em", "h1", "h2", "h3", "h4",
+    "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "span", "strong", "sub", "sup", "table",
+    "tbody", "td", "th", "thead", "tr", "ul"})
+MARKDOWN_ATTRIBUTES = {"a": ["href", "title"], "img": ["src", "alt", "title"], "*": ["class", "id"]}
+LINK_SCHEMES = frozenset({"http", "https", "mailto"})
+
+
+def sanitized_markdown(source: str, cap: int) -> str:
+    """A student's Markdown as inert HTML: cut to ``cap`` characters, rendered as nbconvert
+    renders it, cleaned with bleach (``<script>`` and ``onerror=`` escaped, ``javascript:``
+    links dropped), and kept on one line inside a ``<div>`` so that rendering it again as
+    Markdown (formgrader and the feedback do) passes it through unchanged."""
+    import html
+
+    import bleach
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    source = clean_text(source, cap)
+    try:
+        rendered = markdown2html_mistune(source)
+    except Exception:  # noqa: BLE001 - e.g. a missing attachment: show the text as it is
+        rendered = f"<pre>{html.escape(source)}</pre>"
+    cleaned = bleach.clean(rendered, tags=MARKDOWN_TAGS, attributes=MARKDOWN_ATTRIBUTES,
+                           protocols=LINK_SCHEMES)
+    return '<div class="student-markdown">' + cleaned.replace("\n", "&#10;") + "</div>"
+
+
+class SanitizeStudentHTML(SanitizeHTML):
+    """nbconvert's SanitizeHTML (bleach), switched on, for what formgrader and the feedback
+    render: every markdown cell but the locked ones (restored from the gradebook) becomes
+    ``sanitized_markdown``; raw cells and HTML outputs are cleaned as nbconvert cleans them."""
+
+    enabled = Bool(True)
+
+    def preprocess_cell(self, cell, resources, index):
+        locked = cell.get("metadata", {}).get("nbgrader", {}).get("locked")
+        if cell.cell_type == "markdown" and not locked:
+            cell.source = sanitized_markdown(cell.source,
+                                             GradingLimits(parent=self).answer_chars)
+            return cell, resources
+        return super().preprocess_cell(cell, resources, index)
 
 
 class PreflightCells(NbGraderPreprocessor):
@@ -366,13 +461,15 @@ class RepairSubmittedFiles:
 
 def configure_autograde(c, **limits) -> None:
     """Switch ``nbgrader autograde`` to hardened grading; keyword arguments set
-    IsolatedExecute's traits (``cell_timeout=10``, ``memory_mb=1024``, ...)."""
+    ``GradingLimits`` (``cell_timeout=10``, ``memory_mb=1024``, ...)."""
     c.Autograde.sanitize_preprocessors = [
         ClearOutput, PreflightCells, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
     c.Autograde.autograde_preprocessors = [
         IsolatedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
-        AssignLatePenalties, CheckCellMetadata]
+        AssignLatePenalties, CheckCellMetadata, SanitizeStudentHTML]
     root = Path(c.CourseDirectory.root or ".")
     c.Autograde.pre_convert_hook = RepairSubmittedFiles(root / "grading" / "preflight_backup")
     for name, value in limits.items():
-        setattr(c.IsolatedExecute, name, value)
+        if name not in GradingLimits.class_trait_names(config=True):
+            raise TypeError(f"configure_autograde() got an unknown limit {name!r}")
+        setattr(c.GradingLimits, name, value)

@@ -15,7 +15,6 @@ students (``python -m bnlib.grading.cli validate``), so a notebook that validate
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,12 +23,31 @@ from pathlib import Path
 import nbformat
 from nbformat import v4
 
-#: nbgrader metadata keys a reference cell dictates.
-_NBGRADER_KEYS = ("grade", "solution", "locked", "task", "points", "grade_id", "schema_version")
+#: The nbgrader roles a reference cell dictates (what an edit of the metadata could change).
+_ROLES = ("grade", "solution", "locked", "task", "points")
 
 
 class SubmissionRejected(ValueError):
     """The notebook cannot be graded at all (unreadable, not a notebook)."""
+
+
+def is_test_cell(cell) -> bool:
+    """A cell nbgrader grades by running it: graded code that is not a solution."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return _is_test(cell.get("cell_type"), meta.get("grade"), meta.get("solution"))
+
+
+def _is_test(cell_type, grade, solution) -> bool:
+    return cell_type == "code" and bool(grade) and not solution
+
+
+def _roles(meta: dict) -> dict:
+    """What an nbgrader metadata dict says a cell is, with nbgrader's defaults filled in: an
+    absent flag is False, and only graded cells and tasks carry points."""
+    roles = {key: bool(meta.get(key)) for key in _ROLES if key != "points"}
+    scored = roles["grade"] or roles["task"]
+    roles["points"] = float(meta.get("points") or 0) if scored else None
+    return roles
 
 
 @dataclass
@@ -47,13 +65,13 @@ class ReferenceCell:
 
     @property
     def is_test(self) -> bool:
-        return self.grade and not self.solution and self.cell_type == "code"
+        return _is_test(self.cell_type, self.grade, self.solution)
 
     def metadata(self) -> dict:
-        meta = {"grade": self.grade, "solution": self.solution, "locked": self.locked,
-                "grade_id": self.grade_id, "schema_version": 3}
-        if self.task:
-            meta["task"] = True
+        """The cell's nbgrader metadata, laid out as nbgrader writes it."""
+        meta = {"cell_type": self.cell_type, "grade": self.grade, "grade_id": self.grade_id,
+                "locked": self.locked, "schema_version": 3, "solution": self.solution,
+                "task": self.task}
         if self.grade or self.task:
             meta["points"] = self.points
         return meta
@@ -195,7 +213,7 @@ def rebuild(data: dict, changes: list[str]) -> nbformat.NotebookNode:
             continue
         kind = cell.get("cell_type")
         if kind not in ("code", "markdown", "raw"):
-            changes.append(f"cell {index}: unknown cell type {kind!r}, kept as markdown")
+            changes.append(f"cell {index}: unknown cell type {_short(kind)}, kept as markdown")
             kind = "markdown"
         maker = {"code": v4.new_code_cell, "markdown": v4.new_markdown_cell,
                  "raw": v4.new_raw_cell}[kind]
@@ -214,6 +232,11 @@ def rebuild(data: dict, changes: list[str]) -> nbformat.NotebookNode:
 # ----------------------------------------------------------------------------------------------
 # nbgrader cells
 # ----------------------------------------------------------------------------------------------
+
+
+def _short(value, cap: int = 80) -> str:
+    """repr() of a value from the student's file, cut to ``cap`` characters first."""
+    return repr(value[:cap] if isinstance(value, str) else type(value).__name__)
 
 
 def _grade_id(cell) -> str | None:
@@ -235,7 +258,7 @@ def restore_cells(nb, reference: Reference, report: Report) -> None:
                 del cell.metadata["nbgrader"]
             continue
         if grade_id not in refs:
-            report.changes.append(f"cell {index}: unknown grade_id {grade_id!r} removed")
+            report.changes.append(f"cell {index}: unknown grade_id {_short(grade_id)} removed")
             del cell.metadata["nbgrader"]
             continue
         positions.setdefault(grade_id, []).append(index)
@@ -296,9 +319,8 @@ def _restore_cell(nb, index: int, ref: ReferenceCell, report: Report) -> None:
         nb.cells[index] = cell = replacement
     old = dict(cell.metadata.get("nbgrader", {}))
     new = ref.metadata()
-    changed = sorted(k for k in _NBGRADER_KEYS if k in new and old.get(k) != new[k]
-                     and k != "schema_version")
-    changed += sorted(k for k in ("task", "points") if k in old and k not in new)
+    before, after = _roles(old), _roles(new)
+    changed = [key for key in _ROLES if before[key] != after[key]]
     if changed:
         report.changes.append(f"cell {ref.grade_id!r}: metadata {', '.join(changed)} edited, "
                               "restored")
@@ -322,32 +344,27 @@ def without_hidden_tests(source: str) -> str:
     return _HIDDEN_BLOCK.sub("", source)
 
 
-_BNLIB_IMPORT = re.compile(r"^\s*(from\s+bnlib[\s.]|import\s+bnlib\b)", re.MULTILINE)
-
-
 def flag_bnlib_imports(nb, report: Report) -> None:
     """Warn about student cells that import bnlib: it is not importable while grading."""
     for index, cell in enumerate(nb.cells):
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type != "code" or (meta.get("grade") and not meta.get("solution")):
+        if cell.cell_type != "code" or is_test_cell(cell):
             continue
-        if _imports_bnlib(cell.source):
+        if imports_bnlib(cell.source):
             report.warnings.append(
                 f"cell {index} imports bnlib: bnlib is not available while your code is "
                 "graded, so this cell will fail there; write the code yourself")
 
 
-def _imports_bnlib(source: str) -> bool:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return bool(_BNLIB_IMPORT.search(source))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "bnlib"
-                                                for a in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bnlib":
-            return True
+def imports_bnlib(source: str) -> bool:
+    """Whether a statement of ``source`` imports bnlib; one pass over the text (it is the
+    student's, of any size), so it never parses it."""
+    for line in source.splitlines():
+        for statement in line.split(";"):
+            words = statement.replace(",", " ").split()
+            if words[:1] == ["from"] and words[1:2] and words[1].split(".")[0] == "bnlib":
+                return True
+            if words[:1] == ["import"] and any(w.split(".")[0] == "bnlib" for w in words[1:]):
+                return True
     return False
 
 

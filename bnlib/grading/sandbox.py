@@ -1,30 +1,20 @@
-"""Run untrusted student code in a separate, limited process.
+"""Run untrusted student code in a separate, limited process, one step at a time.
 
-The trusted side (``Sandbox.run``) writes a job into a private temporary directory, starts a
-fresh interpreter on *this very file* (``python -I -S sandbox.py --child DIR``) and reads the
-results back as JSON text and ``.npz`` arrays loaded with ``allow_pickle=False``. This module
-imports only the standard library at top level so it can run where ``bnlib`` is not importable.
+``Sandbox.run`` writes a job into a private folder, starts ``bnlib/grading/harness.py`` there
+(``python -I -S``, the standard library and the site-packages holding NumPy only) and drives
+it: it sends each step (a cell, then a check) as a command, starts that step's clock when it
+sends it, and reads the reply, a cell's output or a check's results as ``.npz`` arrays loaded
+with ``allow_pickle=False``. Progress is the trusted side's own: nothing the student's code
+writes gives a step more time (see the harness's docstring for the protocol).
 
-What the child gets (see ``README`` "What is isolated"):
+What the sandbox gets (README "What is isolated"): resource limits for the whole process tree
+(a control group where the machine allows it, else rlimits and sampling by this process);
+limits on every step in CPU time with a wall-clock backstop; an empty environment; as root on
+Linux, new mount, network and PID namespaces and a private uid; everywhere, an audit hook that
+refuses sockets, reads under the hidden folders and the packages an assignment forbids.
 
-- resource limits: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_FSIZE``,
-  ``RLIMIT_CORE = 0``, and a wall-clock limit per step enforced by the parent, which kills the
-  whole process group (and, when it runs as a private uid, every process of that uid);
-- an empty environment (``PATH``, ``HOME`` and ``TMPDIR`` pointing into the private directory,
-  one BLAS/OpenMP thread), ``cwd`` in the private directory, ``python -I -S`` with a
-  ``sys.path`` of the standard library and the site-packages that hold NumPy/PyTorch only;
-- as root on Linux: new network and mount namespaces (no network; the course folder, the
-  repository, home and temporary folders and every top-level folder outside the operating
-  system's own hidden under empty tmpfs mounts) and a private,
-  unprivileged uid, so ``RLIMIT_NPROC`` applies and nothing else on the host is writable;
-- everywhere: an audit hook that refuses sockets, and file opens under the hidden folders
-  (best effort only without root: Python code can be escaped with ``ctypes``).
-
-A job is a list of code cells, run in order in one namespace, then a list of checks: for each
-check, ``drivers.DRIVERS[driver](functions, case)`` is called on inputs computed beforehand by
-the trusted side. Every step has its own time limit. A step that ends the process (``os._exit``,
-a crash, a timeout the child cannot interrupt) is recorded and the job is restarted without it,
-so one bad cell costs only that cell.
+A step that ends the process (``os._exit``, a crash, a timeout the harness cannot interrupt) is
+recorded and the job is restarted without it, so one bad cell costs only that cell.
 """
 
 from __future__ import annotations
@@ -33,35 +23,31 @@ import functools
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Exit code the child uses when its own setup fails (never a student's doing).
-SETUP_FAILED = 71
-_CHILD_DIR_NAME = "grader"
-_HOME_DIR_NAME = "home"
+from bnlib.grading import harness
+from bnlib.grading.cgroups import ControlGroup, ControlGroupUnavailable, ProcessTree
+from bnlib.grading.limits import GradingLimits
 
-
-@dataclass
-class Limits:
-    """Resource limits of one sandboxed process; times in seconds, sizes in bytes."""
-
-    cell_timeout: float = 20.0
-    check_timeout: float = 30.0
-    total_timeout: float = 300.0
-    memory: int = 2 << 30
-    processes: int = 64
-    file_size: int = 16 << 20
-    output_cap: int = 20_000
-    tmpfs_size: int = 64 << 20
-    grace: float = 3.0
+#: How often (seconds) a running step's CPU time and memory are looked at.
+TICK = 0.1
+#: Largest JSON header of a reply frame, bytes (a cell's capped output, escaped, fits easily).
+MAX_HEADER_BYTES = 16 << 20
+#: Bytes read from the reply pipe at once.
+READ_SIZE = 1 << 20
+#: What a step is told whose code answered in the harness's place and went on running.
+FORGED_REPLY = ("your code sent the grader a reply in the harness's place and went on running: "
+                "this step is not graded")
+#: The first uid of the private uids the sandboxes run as, and how many there are.
+FIRST_UID, UIDS = 100_000, 800_000
 
 
 @dataclass
@@ -102,16 +88,11 @@ class JobOutcome:
 
 
 def clean_text(text: str, cap: int) -> str:
-    """Make untrusted text safe to store: valid UTF-8, no NULs, at most ``cap`` characters."""
-    text = text.encode("utf-8", "replace").decode("utf-8", "replace").replace("\x00", "")
-    if len(text) > cap:
-        text = text[:cap] + f"\n... [output truncated: {len(text) - cap} more characters]"
-    return text
-
-
-# ----------------------------------------------------------------------------------------------
-# trusted side
-# ----------------------------------------------------------------------------------------------
+    """Make untrusted text safe to store: at most ``cap`` characters (cut first, so no work
+    depends on the full length), valid UTF-8, no NULs."""
+    more = len(text) - cap
+    text = text[:cap].encode("utf-8", "replace").decode("utf-8", "replace").replace("\x00", "")
+    return text + (f"\n... [output truncated: {more} more characters]" if more > 0 else "")
 
 
 def describe_exit(returncode: int) -> str:
@@ -127,35 +108,50 @@ def describe_exit(returncode: int) -> str:
 
 @functools.cache
 def isolation_available() -> bool:
-    """True where the child can get namespaces and a private uid: Linux, running as root, and
-    allowed to unshare (a container without CAP_SYS_ADMIN is not). Probed once per process."""
+    """True where the sandbox can get namespaces and a private uid: Linux, running as root, and
+    allowed to unshare and mount a /proc (a container without CAP_SYS_ADMIN is not). Probed
+    once per process, with the harness's own code."""
     if not (sys.platform.startswith("linux") and os.geteuid() == 0
             and Path("/proc/self").exists()):
         return False
-    probe = ("import ctypes, sys; "
-             f"sys.exit(ctypes.CDLL(None).unshare({_CLONE_NEWNS | _CLONE_NEWNET}) != 0)")
     try:
-        result = subprocess.run([os.path.realpath(sys.executable), "-I", "-S", "-c", probe],
-                                capture_output=True, timeout=30, env={})
+        result = subprocess.run([os.path.realpath(sys.executable), "-I", "-S", harness.__file__,
+                                 "--probe"], capture_output=True, timeout=30, env={})
     except (OSError, subprocess.SubprocessError):
         return False
     return result.returncode == 0
 
 
 def python_paths() -> list[str]:
-    """The sys.path the child gets: the standard library and the site-packages holding NumPy."""
+    """The sys.path the sandbox gets: the standard library and the site-packages of NumPy."""
     import sysconfig
+
+    import numpy
 
     paths = [p for p in sys.path if p and p.startswith(sys.base_prefix) and Path(p).exists()]
     stdlib = sysconfig.get_paths()["stdlib"]
     if stdlib not in paths:
         paths.insert(0, stdlib)
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - numpy is a dependency of bnlib
-        return paths
-    site = str(Path(numpy.__file__).resolve().parent.parent)
-    return [*paths, site]
+    return [*paths, str(Path(numpy.__file__).resolve().parent.parent)]
+
+
+def package_folders(names) -> dict[str, str]:
+    """Folder (or file) of each installed top-level package in ``names`` -> its name; found
+    without importing it."""
+    import importlib.util
+
+    found = {}
+    for name in names:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is None:
+            continue
+        for location in spec.submodule_search_locations or [spec.origin]:
+            if location and os.path.exists(location):
+                found[os.path.realpath(location)] = name
+    return found
 
 
 # Top-level folders an interpreter needs; every other one is hidden (other checkouts of the
@@ -165,7 +161,7 @@ SYSTEM_DIRS = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "
 
 
 def _hidden_dirs(extra: list[str]) -> list[str]:
-    """Folders the child must not see: repository, its parent, homes, temporary folders, and
+    """Folders the sandbox must not see: repository, its parent, homes, temporary folders, and
     every top-level folder that is not part of the operating system."""
     repo = Path(__file__).resolve().parents[2]
     top_level = [p for p in Path("/").iterdir()
@@ -181,69 +177,223 @@ def _hidden_dirs(extra: list[str]) -> list[str]:
     return found
 
 
-class _CappedReader(threading.Thread):
-    """Drain a pipe, keeping at most ``cap`` bytes, so a flood of output cannot block or bloat."""
+class ProtocolViolation(Exception):
+    """The sandbox sent something the harness never sends: the student's code wrote it."""
 
-    def __init__(self, stream, cap: int):
-        super().__init__(daemon=True)
-        self.stream, self.cap, self.data, self.dropped = stream, cap, bytearray(), 0
 
-    def run(self) -> None:
-        while chunk := self.stream.read(65536):
-            room = self.cap - len(self.data)
-            self.data += chunk[:max(room, 0)]
-            self.dropped += max(len(chunk) - max(room, 0), 0)
+class _Replies:
+    """Frames read from the sandbox's reply pipe, without ever blocking for long."""
 
-    def text(self) -> str:
-        text = self.data.decode("utf-8", "replace")
-        return text + (f"\n... [{self.dropped} more bytes dropped]" if self.dropped else "")
+    def __init__(self, fd: int, max_payload: int):
+        os.set_blocking(fd, False)
+        self.fd, self.max_payload, self.buffer, self.closed = fd, max_payload, bytearray(), False
+
+    def next(self, timeout: float) -> tuple[dict, bytes] | None:
+        """The next complete frame, waiting at most ``timeout`` seconds for one; None if none."""
+        frame = self._parse()
+        if frame is None and not self.closed:
+            if select.select([self.fd], [], [], timeout)[0]:
+                self._read()
+            frame = self._parse()
+        return frame
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.closed = True
+                return
+            self.buffer += chunk
+            if len(self.buffer) > MAX_HEADER_BYTES + self.max_payload + harness.FRAME_HEADER.size:
+                return  # parse what is there first
+
+    def _parse(self) -> tuple[dict, bytes] | None:
+        size = harness.FRAME_HEADER.size
+        if len(self.buffer) < size:
+            return None
+        header_size, payload_size = harness.FRAME_HEADER.unpack_from(self.buffer)
+        if header_size > MAX_HEADER_BYTES or payload_size > self.max_payload:
+            raise ProtocolViolation(f"a reply of {header_size + payload_size} bytes")
+        end = size + header_size + payload_size
+        if len(self.buffer) < end:
+            return None
+        try:
+            header = json.loads(bytes(self.buffer[size:size + header_size]))
+        except ValueError:
+            raise ProtocolViolation("a reply that is not JSON") from None
+        if not isinstance(header, dict):
+            raise ProtocolViolation("a reply that is not a JSON object")
+        payload = bytes(self.buffer[size + header_size:end])
+        del self.buffer[:end]
+        return header, payload
+
+
+class _Child:
+    """One sandboxed process tree: its pipes, its control group (or process tree), and how
+    to stop all of it."""
+
+    def __init__(self, workdir: Path, uid, group: ControlGroup | None, limits: GradingLimits):
+        commands_read, self.commands = os.pipe()
+        replies, replies_write = os.pipe()
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(workdir / harness.HOME_DIR),
+               "TMPDIR": str(workdir / harness.HOME_DIR), "LANG": "C.UTF-8",
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        script = workdir / harness.GRADER_DIR / "harness.py"
+        self.proc = subprocess.Popen(
+            [os.path.realpath(sys.executable), "-I", "-S", str(script), str(workdir),
+             str(commands_read), str(replies_write)],
+            cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=(commands_read, replies_write))
+        os.close(commands_read)
+        os.close(replies_write)
+        self.output = _CappedReader(self.proc.stdout, limits.output_chars)
+        self.output.start()
+        self.replies = _Replies(replies, limits.result_mb << 20)
+        self.uid, self.group, self.limits = uid, group, limits
+        self.tree = ProcessTree(self.proc.pid)
+        self.exit_code: int | None = None  # how the worker ended, as its namespace's init saw it
+        self.ready = self.halted = False
+        self.next_sample = time.monotonic() + TICK
+
+    def unread_commands(self) -> int:
+        """Bytes of commands the harness has not read yet."""
+        import fcntl
+        import termios
+
+        try:
+            return int.from_bytes(fcntl.ioctl(self.commands, termios.FIONREAD, bytes(4)),
+                                  sys.byteorder)
+        except OSError:
+            return 0
+
+    def send(self, command: dict) -> bool:
+        try:
+            os.write(self.commands, (json.dumps(command) + "\n").encode())
+            return True
+        except OSError:  # the sandbox is gone
+            return False
+
+    def next(self, timeout: float) -> tuple[dict, bytes] | None:
+        frame = self.replies.next(timeout)
+        if frame is not None and frame[0].get("kind") == "exit":
+            self.exit_code = frame[0].get("code") if isinstance(frame[0].get("code"), int) \
+                else None
+            return None
+        return frame
+
+    def ended(self) -> bool:
+        return self.replies.closed or self.proc.poll() is not None or self.exit_code is not None
+
+    def cpu_seconds(self) -> float:
+        return self.group.cpu_seconds() if self.group else self.tree.cpu_seconds()
+
+    def over_memory(self) -> bool:
+        """Without a control group the memory limit of the whole tree is checked here."""
+        return self.group is None and self.tree.memory_bytes() > self.limits.memory_mb << 20
+
+    def out_of_memory(self, oom_kills_before: int) -> bool:
+        return self.group is not None and self.group.oom_kills() > oom_kills_before
+
+    def halt(self) -> int:
+        """Kill every process of the sandbox (also when it exited: forked children may be
+        running); return how the worker ended."""
+        if not self.halted:
+            self.halted = True
+            if self.group is not None:
+                self.group.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait()
+            if self.uid is not None and self.group is None:
+                _kill_uid(self.uid)  # forked children that left the process group
+            self.output.join(timeout=5)
+        return self.exit_code if self.exit_code is not None else self.proc.returncode
+
+    def close(self) -> None:
+        self.halt()
+        os.close(self.commands)
+        os.close(self.replies.fd)
+
+
+class _StepClock:
+    """The time one step has used: wall-clock from when it was sent, CPU time of the whole
+    sandbox from its first sample on (the step had at most one tick before that)."""
+
+    def __init__(self, child: _Child, cpu_limit: float, wall_limit: float):
+        self.child, self.cpu_limit, self.wall_limit = child, cpu_limit, wall_limit
+        self.started, self.cpu_start = time.monotonic(), None
+
+    def cpu_used(self) -> float:
+        cpu = self.child.cpu_seconds()
+        if self.cpu_start is None:
+            self.cpu_start = cpu - TICK
+        return cpu - self.cpu_start
+
+
+@dataclass
+class _Run:
+    """What one sandboxed process produced before it ended."""
+
+    output: str = ""
+    isolation: list[str] = field(default_factory=list)
+    cells: dict[int, CellOutcome] = field(default_factory=dict)
+    checks: dict[int, CheckOutcome] = field(default_factory=dict)
+    culprit: tuple[str, int | None, str] | None = None  # (kind, index, message)
+    unstarted: bool = False  # the culprit step was stopped before the harness read it
 
 
 class Sandbox:
     """Runs jobs in limited child processes; see the module docstring for what is isolated."""
 
-    def __init__(self, limits: Limits | None = None, drivers_file: str | os.PathLike | None = None,
-                 hide: list[str] | None = None, isolate: bool | None = None):
-        self.limits = limits or Limits()
+    def __init__(self, limits: GradingLimits | None = None,
+                 drivers_file: str | os.PathLike | None = None, hide: list[str] | None = None,
+                 isolate: bool | None = None, control_groups: bool = True):
+        self.limits = limits or GradingLimits()
         self.drivers_file = Path(drivers_file) if drivers_file else None
         self.hide = _hidden_dirs(hide or [])
         self.isolate = isolation_available() if isolate is None else isolate
+        self.control_groups = control_groups
 
     def run(self, cells: list[tuple[str, str]], checks: list[CheckJob],
-            preload: tuple[str, ...] = ("numpy",)) -> JobOutcome:
+            preload: tuple[str, ...] = ("numpy",),
+            forbidden: dict[str, str] | None = None) -> JobOutcome:
         """Run ``cells`` (id, Python source) in order, then the checks; never raises for student
-        behaviour. Each step is tried once; a step that kills the process is skipped on restart."""
+        behaviour. ``forbidden`` maps top-level packages student code may not import to the
+        message it gets. A step that kills the process is skipped on restart."""
         cell_outcomes: dict[str, CellOutcome] = {}
         check_outcomes: dict[str, CheckOutcome] = {}
-        skip_cells: set[str] = set()
-        process_output, isolation, attempts = "", [], 0
-        max_attempts = len(cells) + len(checks) + 2
-        started = time.monotonic()
-        while attempts < max_attempts:
+        skip: set[int] = set()
+        output, isolation, attempts = "", [], 0
+        deadline = time.monotonic() + self.limits.total_timeout
+        while attempts < len(cells) + len(checks) + 2 and time.monotonic() < deadline:
             attempts += 1
-            pending = [c for c in checks if c.key not in check_outcomes]
-            left = self.limits.total_timeout - (time.monotonic() - started)
-            if left <= 0:
+            steps = [("cell", i) for i in range(len(cells)) if i not in skip] + [
+                ("check", i) for i, c in enumerate(checks) if c.key not in check_outcomes]
+            run = self._run_once(cells, checks, steps, preload, forbidden or {}, deadline)
+            isolation = run.isolation or isolation
+            output += run.output
+            for index, outcome in run.cells.items():
+                cell_outcomes.setdefault(cells[index][0], outcome)
+            check_outcomes.update({checks[i].key: o for i, o in run.checks.items()})
+            if run.culprit is None:
                 break
-            run = self._run_once(cells, skip_cells, pending, preload, left)
-            isolation = run["isolation"] or isolation
-            process_output += run["output"]
-            for cid, outcome in run["cells"].items():
-                cell_outcomes.setdefault(cid, outcome)
-            check_outcomes.update(run["checks"])
-            culprit = run["culprit"]
-            if culprit is None:
-                break
-            kind, ident, message = culprit
+            kind, index, message = run.culprit
             if kind == "cell":
-                skip_cells.add(ident)
-                cell_outcomes[ident] = CellOutcome(
-                    *_keep_streams(cell_outcomes.get(ident)),
+                skip.add(index)
+                cell_outcomes[cells[index][0]] = CellOutcome(
+                    *_streams(cell_outcomes.get(cells[index][0])),
                     error={"ename": "ProcessEnded", "evalue": message, "traceback": [message]})
             elif kind == "check":
-                check_outcomes[ident] = CheckOutcome(failure=message)
+                check_outcomes[checks[index].key] = CheckOutcome(failure=message)
             else:  # the process died outside any step: give up on what is left
-                for check in pending:
+                for check in checks:
                     check_outcomes.setdefault(check.key, CheckOutcome(failure=message))
                 break
         for check in checks:
@@ -251,31 +401,53 @@ class Sandbox:
                 failure="this check did not run: grading stopped before it (the notebook's "
                         f"time limit of {self.limits.total_timeout:.0f} s was used up, or your "
                         "code ended the process)"))
-        cap = self.limits.output_cap
-        return JobOutcome(cell_outcomes, check_outcomes, clean_text(process_output, cap),
-                          isolation, attempts)
+        return JobOutcome(cell_outcomes, check_outcomes,
+                          clean_text(output, self.limits.output_chars), isolation, attempts)
 
-    # -- one child process ---------------------------------------------------------------------
+    # -- one sandboxed process -----------------------------------------------------------------
 
-    def _run_once(self, cells, skip_cells, checks, preload, time_left) -> dict:
+    def _run_once(self, cells, checks, steps, preload, forbidden, deadline) -> _Run:
         workdir = Path(tempfile.mkdtemp(prefix="bnlib-sandbox-"))
-        # as root, the private folder is a small tmpfs: student code cannot fill the host disk
-        mounted = self.isolate and _mount_tmpfs(workdir, 4 * self.limits.tmpfs_size)
+        group, child = None, None
+        run = _Run()
         try:
-            uid = self._prepare(workdir, cells, skip_cells, checks, preload)
-            return self._supervise(workdir, uid, cells, checks, time_left)
+            group, described = self._control_group(workdir.name)
+            uid = self._prepare(workdir, cells, checks, preload, forbidden, group)
+            child = _Child(workdir, uid, group, self.limits)
+            self._drive(child, steps, deadline, run)
+            run.isolation = [*run.isolation, described]
         finally:
-            if mounted:
-                _unmount(workdir)
+            if child is not None:
+                child.close()
+                run.output = child.output.text()
+                if not child.ready and child.halt() == harness.SETUP_FAILED:
+                    raise RuntimeError(f"the grading sandbox could not start:\n{run.output}")
+            if group is not None:
+                group.remove()
             shutil.rmtree(workdir, ignore_errors=True)
+        return run
 
-    def _prepare(self, workdir: Path, cells, skip_cells, checks, preload) -> int | None:
+    def _control_group(self, name: str) -> tuple[ControlGroup | None, str]:
+        limits = self.limits
+        fallback = (f"no control group ({{}}): rlimits per process ({limits.memory_mb} MiB "
+                    f"address space, {limits.processes} processes), memory and CPU of the "
+                    f"process tree sampled every {TICK:g} s")
+        if not self.control_groups:
+            return None, fallback.format("not used")
+        try:
+            group = ControlGroup.create(name, limits.memory_mb << 20, limits.processes,
+                                        limits.cpus)
+        except (ControlGroupUnavailable, OSError) as exc:
+            return None, fallback.format(exc)
+        return group, group.describe(limits.memory_mb << 20, limits.processes, limits.cpus)
+
+    def _prepare(self, workdir: Path, cells, checks, preload, forbidden, group) -> int | None:
         import numpy as np
 
-        grader = workdir / _CHILD_DIR_NAME
-        (grader / "out").mkdir(parents=True)
-        (workdir / _HOME_DIR_NAME).mkdir()
-        shutil.copy(__file__, grader / "sandbox.py")
+        grader = workdir / harness.GRADER_DIR
+        grader.mkdir()
+        (workdir / harness.HOME_DIR).mkdir()
+        shutil.copy(harness.__file__, grader / "harness.py")
         if self.drivers_file is not None:
             shutil.copy(self.drivers_file, grader / "drivers.py")
         arrays, check_specs = {}, []
@@ -293,214 +465,203 @@ class Sandbox:
             check_specs.append({"key": check.key, "driver": check.driver,
                                 "functions": list(check.functions), "cases": specs})
         np.savez(grader / "cases.npz", **arrays)
+        folders = package_folders(forbidden)
         job = {"cells": [{"id": cid, "source": src} for cid, src in cells],
-               "skip_cells": sorted(skip_cells), "checks": check_specs,
-               "preload": list(preload), "sys_path": python_paths(),
-               "limits": self.limits.__dict__, "hide": self.hide, "isolate": self.isolate,
-               "keep": [sys.base_prefix, *python_paths()[-1:]]}
+               "checks": check_specs, "preload": list(preload), "sys_path": python_paths(),
+               "limits": self.limits.as_dict(), "hide": self.hide, "isolate": self.isolate,
+               "keep": [sys.base_prefix, *python_paths()[-1:]], "forbidden": forbidden,
+               "forbidden_folders": {folder: forbidden[name] for folder, name in folders.items()},
+               "control_group": group.procs_files if group else []}
         uid = None
         if self.isolate:
             # a fresh unprivileged uid per run: RLIMIT_NPROC then counts only this run's
-            # processes, and other runs' folders (mode 0700) are unreadable
-            uid = 100_000 + int.from_bytes(os.urandom(3), "big") % 800_000
+            # processes, and nothing of the host is writable
+            uid = FIRST_UID + int.from_bytes(os.urandom(3), "big") % UIDS
             job["uid"] = uid
         (grader / "job.json").write_text(json.dumps(job))
-        os.chmod(workdir, 0o700)
-        if uid is not None:
+        if uid is None:
+            os.chmod(workdir, 0o700)
+        else:
+            # root owns the grader's files (the student cannot change them); only the
+            # sandbox's group may read them (the job holds the student's code)
             for path in [workdir, *workdir.rglob("*")]:
-                os.chown(path, uid, uid)
+                os.chown(path, 0, uid)
+                os.chmod(path, 0o750 if path.is_dir() else 0o640)
         return uid
 
-    def _supervise(self, workdir: Path, uid, cells, checks, time_left) -> dict:
-        grader = workdir / _CHILD_DIR_NAME
-        home = workdir / _HOME_DIR_NAME
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
-               "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        python = os.path.realpath(sys.executable)
-        proc = subprocess.Popen(
-            [python, "-I", "-S", str(grader / "sandbox.py"), "--child", str(workdir)],
-            cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        reader = _CappedReader(proc.stdout, self.limits.output_cap)
-        reader.start()
-        progress = grader / "out" / "progress.jsonl"
-        step, step_seen, killed_for = None, time.monotonic(), None
-        start = time.monotonic()
-        while proc.poll() is None:
-            time.sleep(0.05)
-            current = _last_started_step(progress)
-            if current != step:
-                step, step_seen = current, time.monotonic()
-            limit = self._step_limit(step) + self.limits.grace
-            now = time.monotonic()
-            if now - step_seen > limit or now - start > time_left:
-                killed_for = "timeout" if now - step_seen > limit else "total"
-                break
-        _kill(proc, uid)  # also when it exited: its forked children may still be running
-        proc.wait()
-        if uid is not None:
-            _kill_uid(uid)  # forked children that left the process group
-        reader.join(timeout=5)
-        output = reader.text()
-        if proc.returncode == SETUP_FAILED:
-            raise RuntimeError(f"the grading sandbox could not start:\n{output}")
-        outcome = {"output": output, "isolation": _read_json(grader / "out" / "isolation.json")
-                   or [], "cells": {}, "checks": {}, "culprit": None}
-        _collect(grader / "out", cells, checks, outcome, self.limits.output_cap)
-        finished = _finished(progress)
-        if killed_for is None and proc.returncode == 0 and finished:
-            return outcome
-        step = _last_started_step(progress) if not finished else None
-        if killed_for == "timeout" and step is not None:
-            message = (f"your code did not finish within {self._step_limit(step):.0f} s "
-                       "(infinite loop or very slow code?)")
-        elif killed_for == "total":
-            message = "grading stopped: the time limit for the whole notebook was used up"
-        elif proc.returncode == -signal.SIGKILL or proc.returncode == -signal.SIGXCPU:
-            message = ("your code was stopped: out of memory or CPU time "
-                       f"({describe_exit(proc.returncode)})")
-        else:
-            message = f"your code ended the process ({describe_exit(proc.returncode)})"
-        if step is None:
-            outcome["culprit"] = ("process", None, message)
-        else:
-            outcome["culprit"] = (step[0], step[1], message)
-        return outcome
+    # -- driving the steps ---------------------------------------------------------------------
 
-    def _step_limit(self, step) -> float:
-        if step is None:
-            return 60.0  # interpreter start and imports
-        return self.limits.cell_timeout if step[0] == "cell" else self.limits.check_timeout
+    def _drive(self, child: _Child, steps, deadline: float, run: _Run) -> None:
+        """Wait for the harness, then send each step and collect its reply."""
+        ready = self._await(child, "ready", None, self.limits.startup_timeout, deadline, run)
+        if ready is None:
+            return
+        child.ready = True
+        run.isolation = [str(line) for line in ready[0].get("isolation", [])][:20]
+        previous = None
+        for kind, index in steps:
+            if not child.send({"run": kind, "index": index}):
+                run.culprit = ("process", None, self._ended_message(child, 0))
+                return
+            reply = self._await(child, kind, index, self.limits.step_timeout(kind), deadline,
+                                run)
+            if reply is None:
+                if run.unstarted and previous is not None:
+                    # the harness never read this step: the reply to the one before was forged
+                    # by code that kept running, which is that step's fault
+                    run.culprit = (*previous, FORGED_REPLY)
+                return
+            previous = (kind, index)
+        child.send({"run": "exit"})
+        try:
+            child.proc.wait(timeout=self.limits.grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _await(self, child: _Child, kind: str, index, cpu_limit: float, deadline: float,
+               run: _Run):
+        """The reply that ends a step (collecting a check's results on the way), or None with
+        ``run.culprit`` set when the step has to be stopped."""
+        wall_limit = cpu_limit if kind == "ready" else cpu_limit * self.limits.wall_clock_factor
+        clock = _StepClock(child, cpu_limit, wall_limit)
+        oom_before = child.group.oom_kills() if child.group else 0
+        culprit, results = "process" if kind == "ready" else kind, []
+        while True:
+            try:
+                frame = child.next(TICK)
+                if frame is None and child.ended():
+                    frame = child.next(0)  # what it wrote before it ended
+            except ProtocolViolation as exc:
+                run.culprit = (culprit, index, f"your code wrote to the grader's channel ({exc}):"
+                               " this step is not graded")
+                return None
+            if frame is not None:
+                header, payload = frame
+                if kind == "check" and header.get("kind") == "result" \
+                        and header.get("check") == index:
+                    results.append(_load_result(payload, self.limits))
+                    continue
+                if header.get("kind") == kind and header.get("index") == index:
+                    self._record(kind, index, header, results, run)
+                    return frame
+                run.culprit = (culprit, index, "your code wrote to the grader's channel: this "
+                               "step is not graded")
+                return None
+            if child.ended():
+                run.culprit = (culprit, index, self._ended_message(child, oom_before))
+                return None
+            message = self._over_limit(child, clock, deadline)
+            if message is not None:
+                run.culprit = (culprit, index, message)
+                run.unstarted = child.unread_commands() > 0
+                return None
+
+    def _over_limit(self, child: _Child, clock: _StepClock, deadline: float) -> str | None:
+        """Once a tick: the message for a step past the notebook's time, its own wall-clock or
+        CPU limit, or (without a control group) the memory limit; None while within them."""
+        now = time.monotonic()
+        if now < child.next_sample:  # sampled every tick, over quick steps too
+            return None
+        child.next_sample = now + TICK
+        grace, memory_mb = self.limits.grace, self.limits.memory_mb
+        if now > deadline:
+            return "grading stopped: the time limit for the whole notebook was used up"
+        if now - clock.started > clock.wall_limit + grace:
+            return (f"your code did not finish within {clock.wall_limit:.0f} s (infinite loop, "
+                    "very slow code, or waiting for something?)")
+        if clock.cpu_used() > clock.cpu_limit + grace:
+            return (f"your code did not finish within {clock.cpu_limit:.0f} s of CPU time "
+                    "(infinite loop or very slow code?)")
+        if child.over_memory():
+            return (f"out of memory: your code and the processes it started used more than "
+                    f"{memory_mb} MiB")
+        return None
+
+    def _record(self, kind: str, index: int, header: dict, results: list, run: _Run) -> None:
+        cap, message_cap = self.limits.output_chars, self.limits.message_chars
+        if kind == "cell":
+            error = header.get("error")
+            if isinstance(error, dict):
+                trace = error.get("traceback")
+                error = {"ename": clean_text(str(error.get("ename", "Error")), message_cap),
+                         "evalue": clean_text(str(error.get("evalue", "")), cap),
+                         "traceback": [clean_text(str(line), cap)
+                                       for line in trace[:harness.TRACEBACK_LINES]]
+                         if isinstance(trace, list) else []}
+            else:
+                error = None
+            run.cells[index] = CellOutcome(clean_text(str(header.get("stdout", "")), cap),
+                                           clean_text(str(header.get("stderr", "")), cap),
+                                           error)
+        elif kind == "check":
+            missing = header.get("missing")
+            if isinstance(missing, list) and missing:
+                run.checks[index] = CheckOutcome(
+                    missing=[clean_text(str(m), message_cap) for m in missing[:20]])
+            else:
+                run.checks[index] = CheckOutcome(results=results)
+
+    def _ended_message(self, child: _Child, oom_before: int) -> str:
+        code = child.halt()
+        if child.out_of_memory(oom_before):
+            return (f"out of memory: your code and the processes it started needed more than "
+                    f"{self.limits.memory_mb} MiB")
+        if code in (-signal.SIGKILL, -signal.SIGXCPU):
+            return f"your code was stopped: out of memory or CPU time ({describe_exit(code)})"
+        return f"your code ended the process ({describe_exit(code)})"
 
 
-def _mount_tmpfs(path: Path, size: int) -> bool:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    options = f"size={size},nr_inodes=4096,mode=0700".encode()
-    return libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
-                      options) == 0
-
-
-def _unmount(path: Path) -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).umount2(str(path).encode(), 2)  # MNT_DETACH
-
-
-def _keep_streams(outcome: CellOutcome | None) -> tuple[str, str]:
+def _streams(outcome: CellOutcome | None) -> tuple[str, str]:
     return (outcome.stdout, outcome.stderr) if outcome else ("", "")
 
 
-def _read_untrusted(path: Path, limit: int = 32 << 20) -> bytes:
-    """Bytes of a file the child wrote: never through a symlink (the child could point one at
-    any file this trusted process can read), only a regular file, at most ``limit`` bytes."""
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path.name} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read(limit)
-    finally:
-        os.close(fd)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(_read_untrusted(path).decode("utf-8", errors="replace"))
-    except (OSError, ValueError):
-        return None
-
-
-def _progress_lines(progress: Path) -> list[dict]:
-    try:
-        raw = _read_untrusted(progress)[-65536:].decode("utf-8", "replace")
-    except OSError:
-        return []
-    lines = []
-    for line in raw.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
-
-
-def _last_started_step(progress: Path):
-    open_step = None
-    for event in _progress_lines(progress):
-        if not isinstance(event, dict):
-            continue
-        if event.get("phase") == "start":
-            open_step = (event.get("kind"), event.get("id"))
-        elif event.get("phase") == "end":
-            open_step = None
-    return open_step
-
-
-def _finished(progress: Path) -> bool:
-    return any(isinstance(e, dict) and e.get("phase") == "done" for e in _progress_lines(progress))
-
-
-def _collect(out: Path, cells, checks, outcome: dict, cap: int) -> None:
-    """Read what the child wrote; anything malformed counts as absent (the child is untrusted)."""
-    for index, (cid, _) in enumerate(cells):
-        data = _read_json(out / f"cell-{index}.json")
-        if not isinstance(data, dict):
-            continue
-        error = data.get("error")
-        if isinstance(error, dict):
-            trace = error.get("traceback")
-            error = {"ename": clean_text(str(error.get("ename", "Error")), 200),
-                     "evalue": clean_text(str(error.get("evalue", "")), cap),
-                     "traceback": [clean_text(str(line), cap) for line in trace][:50]
-                     if isinstance(trace, list) else []}
-        else:
-            error = None
-        outcome["cells"][cid] = CellOutcome(clean_text(str(data.get("stdout", "")), cap),
-                                            clean_text(str(data.get("stderr", "")), cap), error)
-    for index, check in enumerate(checks):
-        status = _read_json(out / f"check-{index}.json")
-        if not isinstance(status, dict) or status.get("phase") != "end":
-            continue
-        missing = status.get("missing")
-        if isinstance(missing, list) and missing:
-            outcome["checks"][check.key] = CheckOutcome(missing=[str(m) for m in missing])
-            continue
-        results = []
-        for case_index in range(len(check.cases)):
-            results.append(_load_result(out / f"check-{index}-{case_index}.npz"))
-        outcome["checks"][check.key] = CheckOutcome(results=results)
-
-
-#: Largest uncompressed result the trusted side will load (a compressed .npz could expand).
-MAX_RESULT_BYTES = 64 << 20
-
-
-def _load_result(path: Path) -> dict:
+def _load_result(payload: bytes, limits: GradingLimits) -> dict:
+    """A case's arrays from untrusted ``.npz`` bytes: size-checked before loading (a compressed
+    file can expand), no pickles, and every string cut to ``limits.message_chars``."""
     import zipfile
 
     import numpy as np
 
     try:
-        raw = io.BytesIO(_read_untrusted(path))
-        with zipfile.ZipFile(raw) as archive:
-            if sum(info.file_size for info in archive.infolist()) > MAX_RESULT_BYTES:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            if sum(info.file_size for info in archive.infolist()) > limits.result_mb << 20:
                 return {"error": np.array("the result is too large to be checked")}
-        with np.load(raw, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
+            arrays = {name[:limits.message_chars]: data[name] for name in data.files}
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a malformed result
         return {"error": np.array(f"the result could not be read back: {type(exc).__name__}")}
+    for name, array in arrays.items():
+        if array.dtype.kind in "US" and array.size * array.dtype.itemsize > limits.message_chars:
+            first = str(array.ravel()[0]) if array.size else ""
+            arrays[name] = np.array(clean_text(first, limits.message_chars))
+    return arrays
 
 
-def _kill(proc: subprocess.Popen, uid) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+class _CappedReader:
+    """Drain a pipe in a thread, keeping at most ``cap`` bytes, so a flood of output cannot
+    block the sandbox or bloat this process."""
+
+    def __init__(self, stream, cap: int):
+        import threading
+
+        self.stream, self.cap, self.data, self.dropped = stream, cap, bytearray(), 0
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def _drain(self) -> None:
+        while chunk := self.stream.read(65536):
+            room = max(self.cap - len(self.data), 0)
+            self.data += chunk[:room]
+            self.dropped += len(chunk) - min(len(chunk), room)
+
+    def text(self) -> str:
+        text = self.data.decode("utf-8", "replace")
+        return text + (f"\n... [{self.dropped} more bytes dropped]" if self.dropped else "")
 
 
 def _kill_uid(uid: int) -> None:
@@ -511,12 +672,10 @@ def _kill_uid(uid: int) -> None:
             if not entry.name.isdigit():
                 continue
             try:
-                status = (entry / "status").read_text()
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
             except OSError:
                 continue
-            for line in status.splitlines():
-                if line.startswith("Uid:") and int(line.split()[1]) == uid:
-                    pids.append(int(entry.name))
         if not pids:
             return
         for pid in pids:
@@ -525,295 +684,3 @@ def _kill_uid(uid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
-
-
-# ----------------------------------------------------------------------------------------------
-# child side: everything below runs in the sandboxed interpreter (stdlib + numpy only)
-# ----------------------------------------------------------------------------------------------
-
-_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
-_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
-
-
-def _confine(job: dict, workdir: str) -> list[str]:
-    """As root: private network and mount namespaces, hidden folders, then drop to ``uid``."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def call(result, what):
-        if result != 0:
-            raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
-
-    call(libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET), "unshare")
-    call(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private")
-    keep = [p for p in dict.fromkeys([*job["keep"], workdir]) if os.path.isdir(p)]
-    keep_fds = {p: os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in keep}
-    hidden = []
-    size = f"size={job['limits']['tmpfs_size']},mode=0755".encode()
-    for path in sorted(job["hide"], key=len):
-        if any(path.startswith(h + "/") for h in hidden) or not os.path.isdir(path):
-            continue
-        call(libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, size),
-             f"hide {path}")
-        hidden.append(path)
-    for path, fd in keep_fds.items():
-        if not any(path == h or path.startswith(h + "/") for h in hidden):
-            continue
-        os.makedirs(path, exist_ok=True)
-        source = f"/proc/self/fd/{fd}".encode()
-        call(libc.mount(source, path.encode(), None, _MS_BIND | _MS_REC, None), f"bind {path}")
-        if path != workdir:
-            call(libc.mount(None, path.encode(), None,
-                            _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, None),
-                 f"read-only {path}")
-    for fd in keep_fds.values():
-        os.close(fd)
-    uid = job["uid"]
-    # the student's scratch space (cwd, HOME, TMPDIR) is its own small tmpfs, so filling it
-    # never stops this process from writing its results next to it
-    scratch = f"size={job['limits']['tmpfs_size']},nr_inodes=4096,mode=0700,uid={uid},gid={uid}"
-    call(libc.mount(b"tmpfs", os.path.join(workdir, _HOME_DIR_NAME).encode(), b"tmpfs",
-                    _MS_NOSUID | _MS_NODEV, scratch.encode()), "scratch tmpfs")
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-    return ["network namespace (no network)", "mount namespace hiding " + ", ".join(hidden),
-            f"private uid {uid}"]
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this process when the grader that started it dies (Linux; set after setuid,
-    which clears it). Without it a killed grader would leave a looping child behind."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(SETUP_FAILED)
-
-
-def _set_limits(limits: dict) -> None:
-    import resource
-
-    cpu = int(limits["total_timeout"]) + 5
-    for name, value in (("RLIMIT_AS", limits["memory"]), ("RLIMIT_CPU", cpu),
-                        ("RLIMIT_NPROC", limits["processes"]),
-                        ("RLIMIT_FSIZE", limits["file_size"]), ("RLIMIT_CORE", 0)):
-        resource.setrlimit(getattr(resource, name), (value, value))
-
-
-def _install_audit_hook(hidden: list[str], allowed: list[str]) -> None:
-    """Refuse sockets and opening files under hidden folders other than ``allowed`` ones
-    (second line of defence, or the only one where namespaces are not available)."""
-    blocked_events = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto",
-                      "socket.gethostbyname", "socket.__new__"}
-    hidden_prefixes = tuple(os.path.realpath(h) + "/" for h in hidden)
-    allowed_prefixes = tuple(os.path.realpath(a) + "/" for a in allowed)
-
-    def hook(event, args):
-        if event in blocked_events:
-            raise PermissionError("network access is not allowed while grading")
-        if event in ("open", "os.listdir", "os.scandir") and args \
-                and isinstance(args[0], str | bytes):
-            # realpath: a symlink in the private folder must not lead to a hidden one
-            path = os.path.realpath(os.fsdecode(args[0])) + "/"
-            if path.startswith(hidden_prefixes) and not path.startswith(allowed_prefixes):
-                raise PermissionError(f"reading {path[:-1]} is not allowed while grading")
-
-    sys.addaudithook(hook)
-
-
-class _StepTimeout(BaseException):
-    """Raised by SIGALRM; a BaseException so ``except Exception`` in student code misses it."""
-
-
-class _CappedText:
-    """A write-only text stream that keeps the first ``cap`` characters."""
-
-    def __init__(self, cap: int):
-        self.parts, self.size, self.cap, self.dropped = [], 0, cap, 0
-
-    def write(self, text) -> int:
-        text = str(text)
-        room = self.cap - self.size
-        if room > 0:
-            self.parts.append(text[:room])
-            self.size += min(len(text), room)
-        self.dropped += max(len(text) - max(room, 0), 0)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-    def value(self) -> str:
-        more = f"\n... [output truncated: {self.dropped} more characters]" if self.dropped else ""
-        return "".join(self.parts) + more
-
-
-class _Child:
-    def __init__(self, workdir: str, job: dict):
-        self.workdir, self.job = workdir, job
-        self.out = os.path.join(workdir, _CHILD_DIR_NAME, "out")
-        self.progress_fd = os.open(os.path.join(self.out, "progress.jsonl"),
-                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.dumps, self.write, self.open = json.dumps, os.write, open
-
-    def event(self, **event) -> None:
-        self.write(self.progress_fd, (self.dumps(event) + "\n").encode())
-
-    def dump(self, name: str, data: dict) -> None:
-        with self.open(os.path.join(self.out, name), "w", encoding="utf-8") as handle:
-            handle.write(self.dumps(data, ensure_ascii=True))
-
-    def timed(self, seconds: float, function):
-        def on_alarm(signum, frame):
-            raise _StepTimeout()
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            return function()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def run_cells(self, namespace: dict) -> None:
-        import traceback
-
-        limits = self.job["limits"]
-        for index, cell in enumerate(self.job["cells"]):
-            if cell["id"] in self.job["skip_cells"]:
-                continue
-            self.event(kind="cell", id=cell["id"], phase="start")
-            out, err = _CappedText(limits["output_cap"]), _CappedText(limits["output_cap"])
-            error = None
-            sys.stdout, sys.stderr = out, err
-            try:
-                code = compile(cell["source"], f"<cell {cell['id']}>", "exec")
-                self.timed(limits["cell_timeout"], lambda code=code: exec(code, namespace))
-            except _StepTimeout:
-                error = _error("TimeoutError", f"this cell did not finish within "
-                               f"{limits['cell_timeout']:.0f} s (infinite loop or very slow code?)")
-            except SystemExit as exc:
-                error = _error("ProcessEnded", f"your code ended the process (exit code "
-                               f"{exc.code if isinstance(exc.code, int) else 1}): "
-                               "do not call sys.exit() or exit() in a notebook")
-            except MemoryError:
-                error = _error("MemoryError", "out of memory: your code needed more than "
-                               f"{limits['memory'] >> 20} MiB")
-            except BaseException as exc:  # noqa: BLE001 - report anything the cell raised
-                lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-                error = {"ename": type(exc).__name__, "evalue": str(exc)[:2000],
-                         "traceback": [line for line in lines if "sandbox.py" not in line][-20:]}
-            finally:
-                sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-            self.dump(f"cell-{index}.json",
-                      {"stdout": out.value(), "stderr": err.value(), "error": error})
-            self.event(kind="cell", id=cell["id"], phase="end")
-
-    def run_checks(self, namespace: dict) -> None:
-        import importlib.util
-
-        import numpy as np
-
-        if not self.job["checks"]:
-            return
-        spec = importlib.util.spec_from_file_location(
-            "_grading_drivers", os.path.join(self.workdir, _CHILD_DIR_NAME, "drivers.py"))
-        drivers = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(drivers)
-        table = dict(drivers.DRIVERS)
-        savez, arrays = np.savez, np.load(os.path.join(self.workdir, _CHILD_DIR_NAME,
-                                                       "cases.npz"), allow_pickle=False)
-        cases_data = {name: arrays[name] for name in arrays.files}
-        limits = self.job["limits"]
-        for index, check in enumerate(self.job["checks"]):
-            self.event(kind="check", id=check["key"], phase="start")
-            missing = [name for name in check["functions"] if name not in namespace]
-            if not missing:
-                functions = {name: namespace[name] for name in check["functions"]}
-                driver = table[check["driver"]]
-                # one time budget for all cases of a check: a loop that times out on the first
-                # case does not get another full budget on each of the others
-                deadline = time.monotonic() + limits["check_timeout"]
-                for case_index, spec in enumerate(check["cases"]):
-                    case = {name: cases_data[v["array"]].copy() if "array" in v else v["value"]
-                            for name, v in spec.items()}
-                    result = self.call_driver(driver, functions, case, limits,
-                                              deadline - time.monotonic())
-                    path = os.path.join(self.out, f"check-{index}-{case_index}.npz")
-                    try:
-                        savez(path, **result)
-                    except BaseException as exc:  # noqa: BLE001 - a result we cannot store
-                        savez(path, error=np.array(f"result not storable: {type(exc).__name__}"))
-            self.dump(f"check-{index}.json", {"phase": "end", "missing": missing})
-            self.event(kind="check", id=check["key"], phase="end")
-
-    def call_driver(self, driver, functions, case, limits, seconds_left: float) -> dict:
-        import numpy as np
-
-        sys.stdout = sys.stderr = _CappedText(1000)  # prints in graded functions are not shown
-        try:
-            if seconds_left <= 0:
-                raise _StepTimeout()
-            result = self.timed(seconds_left, lambda: driver(functions, case))
-            if not isinstance(result, dict):
-                raise TypeError("driver returned a non-dict")
-            return {str(k): np.asarray(v) for k, v in result.items()}
-        except _StepTimeout:
-            return {"error": np.array(f"TimeoutError: your code did not finish within "
-                                      f"{limits['check_timeout']:.0f} s")}
-        except MemoryError:
-            return {"error": np.array("MemoryError: out of memory: your code needed more than "
-                                      f"{limits['memory'] >> 20} MiB")}
-        except SystemExit as exc:
-            return {"error": np.array(f"ProcessEnded: your code ended the process (exit code "
-                                      f"{exc.code if isinstance(exc.code, int) else 1})")}
-        except BaseException as exc:  # noqa: BLE001
-            return {"error": np.array(f"{type(exc).__name__}: {str(exc)[:500]}")}
-        finally:
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-
-
-def _error(ename: str, evalue: str) -> dict:
-    return {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
-
-
-def _child_main(workdir: str) -> int:
-    try:
-        with open(os.path.join(workdir, _CHILD_DIR_NAME, "job.json"), encoding="utf-8") as f:
-            job = json.load(f)
-        isolation = _confine(job, workdir) if job.get("isolate") else []
-        _die_with_parent()
-        _set_limits(job["limits"])
-        sys.path[:] = job["sys_path"]
-        os.chdir(os.path.join(workdir, _HOME_DIR_NAME))
-        for module in job["preload"]:
-            __import__(module)
-        if "torch" in job["preload"]:
-            sys.modules["torch"].set_num_threads(1)
-        import traceback  # noqa: F401 - imported before the hook, used for cell errors
-
-        _install_audit_hook(job["hide"], [*job["keep"], workdir])
-        isolation.append("audit hook refusing sockets and reads under hidden folders")
-        child = _Child(workdir, job)
-        child.dump("isolation.json", isolation)  # type: ignore[arg-type]
-    except Exception as exc:  # noqa: BLE001 - setup errors are the grader's, not the student's
-        print(f"sandbox setup failed: {type(exc).__name__}: {exc}", file=sys.__stderr__)
-        return SETUP_FAILED
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    child.run_cells(namespace)
-    child.run_checks(namespace)
-    child.event(phase="done")
-    sys.__stdout__.flush()
-    return 0
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
-    os._exit(_child_main(sys.argv[2]))

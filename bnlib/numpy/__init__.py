@@ -8,12 +8,12 @@ takes ``(dout, cache)``.
 from bnlib.numpy.axes import channel_view, reduction_axes
 from bnlib.numpy.batchnorm import (
     BatchNormCache,
-    batch_statistics,
     batchnorm_backward,
     batchnorm_forward,
     batchnorm_inference,
     fold_batchnorm,
 )
+from bnlib.numpy.engine import batch_statistics
 from bnlib.numpy.gradcheck import numerical_gradient, relative_error
 from bnlib.numpy.layernorm import (
     RowNormCache,

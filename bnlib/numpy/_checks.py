@@ -67,6 +67,32 @@ def require_eps(eps, where: str, *, allow_zero: bool = False) -> float:
     return float(eps)
 
 
+def require_batchnorm_inputs(x, gamma, beta, eps, where: str) -> float:
+    """Check the arguments of a training-mode batch norm forward; return eps as a float."""
+    require_input(x, where)
+    require_vector(gamma, "gamma", x.shape[1], where)
+    require_vector(beta, "beta", x.shape[1], where)
+    eps = require_eps(eps, where)
+    require_batch_values(x)
+    return eps
+
+
+def require_cache(cache, kind: type, forward: str, where: str):
+    """A backward pass takes the cache its own forward returned."""
+    if not isinstance(cache, kind):
+        raise TypeError(f"{where}: cache must come from {forward}, got {type(cache).__name__}")
+    return cache
+
+
+def require_dout(dout, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """The upstream gradient: a float array of the forward input's shape."""
+    require_array(dout, "dout", where)
+    if dout.shape != tuple(shape):
+        raise ValueError(f"{where}: dout must have the input's shape {tuple(shape)}, "
+                         f"got {dout.shape}")
+    return dout
+
+
 def require_batch_values(x: np.ndarray) -> None:
     """Training needs at least two values per channel (torch's wording)."""
     per_channel = x.size // x.shape[1] if x.shape[1] else 0

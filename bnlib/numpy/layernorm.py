@@ -1,12 +1,12 @@
 """Layer, group and RMS normalization in NumPy, with their backward passes.
 
-All three normalise each sample on its own, over a set of trailing axes, so they have no
+All three normalize each sample on its own, over a set of trailing axes, so they have no
 running statistics and behave the same in training and evaluation. Each row of ``K`` values:
 
-    LayerNorm:  xhat = (x - mean) / sqrt(var + eps),  y = gamma * xhat + beta
+    LayerNorm:  xhat = (x - mean) / sqrt(var + eps),  out = gamma * xhat + beta
     GroupNorm:  the same over each group of C/G channels (and all spatial positions),
                 then per-channel gamma and beta
-    RMSNorm:    y = gamma * x / sqrt(mean(x**2) + eps)          (no centring, no beta)
+    RMSNorm:    out = gamma * x / sqrt(mean(x**2) + eps)        (no centering, no beta)
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 from bnlib.numpy._checks import (
     compute_dtype,
     require_array,
+    require_cache,
+    require_dout,
     require_eps,
     require_input,
     require_shape,
@@ -29,12 +31,12 @@ from bnlib.numpy._checks import (
 class RowNormCache:
     """What the row-wise backward passes need.
 
-    xhat: normalised rows (R, K) in the compute dtype; rstd: (R, 1) reciprocal std (or RMS);
+    xhat: normalized rows (R, K) in the compute dtype; invstd: (R, 1) reciprocal std (or RMS);
     gamma: the scale laid out like a row; shape and dtype of the input; param_shape: gamma's.
     """
 
     xhat: np.ndarray
-    rstd: np.ndarray
+    invstd: np.ndarray
     gamma: np.ndarray
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -42,25 +44,25 @@ class RowNormCache:
 
 
 def normalize_rows(rows: np.ndarray, eps: float, center: bool = True):
-    """Return ``(xhat, rstd)`` for each row of a 2-D array (two-pass, biased variance)."""
+    """Return ``(xhat, invstd)`` for each row of a 2-D array (two-pass, biased variance)."""
     if center:
         rows = rows - rows.mean(axis=1, keepdims=True)
-        # A second pass removes the rounding error of the first mean (large offsets).
+        # A second pass removes the rounding error of the first mean (large means).
         rows -= rows.mean(axis=1, keepdims=True)
-    rstd = 1.0 / np.sqrt(np.mean(rows * rows, axis=1, keepdims=True) + eps)
-    return rows * rstd, rstd
+    invstd = 1.0 / np.sqrt(np.mean(rows * rows, axis=1, keepdims=True) + eps)
+    return rows * invstd, invstd
 
 
-def row_backward(g: np.ndarray, xhat: np.ndarray, rstd: np.ndarray, center: bool = True):
-    """dx of a row normalisation given ``g = dout * gamma`` (rows of K values).
+def row_backward(g: np.ndarray, xhat: np.ndarray, invstd: np.ndarray, center: bool = True):
+    """dx of a row normalization given ``g = dout * gamma`` (rows of K values).
 
-        centred (LN/GN): dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-        RMS:             dx = rstd * (g - xhat * mean(g * xhat))
+        centered (LN/GN): dx = invstd * (g - mean(g) - xhat * mean(g * xhat))
+        RMS:              dx = invstd * (g - xhat * mean(g * xhat))
     """
     projection = xhat * np.mean(g * xhat, axis=1, keepdims=True)
     if center:
-        return rstd * (g - g.mean(axis=1, keepdims=True) - projection)
-    return rstd * (g - projection)
+        return invstd * (g - g.mean(axis=1, keepdims=True) - projection)
+    return invstd * (g - projection)
 
 
 def trailing_shape_check(x, gamma, where: str):
@@ -94,10 +96,10 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     eps = require_eps(eps, where)
     dtype = compute_dtype(x.dtype)
     rows = x.reshape(-1, gamma.size).astype(dtype, copy=False)
-    xhat, rstd = normalize_rows(rows, eps)
+    xhat, invstd = normalize_rows(rows, eps)
     g, b = gamma.reshape(-1).astype(dtype), beta.reshape(-1).astype(dtype)
     out = (xhat * g + b).reshape(x.shape).astype(x.dtype, copy=False)
-    return out, RowNormCache(xhat, rstd, g, x.shape, x.dtype, gamma.shape)
+    return out, RowNormCache(xhat, invstd, g, x.shape, x.dtype, gamma.shape)
 
 
 def layernorm_backward(dout, cache):
@@ -106,10 +108,10 @@ def layernorm_backward(dout, cache):
     Returns (dx, dgamma, dbeta): dx like the input; dgamma, dbeta like gamma, summed over rows.
     """
     where = "layernorm_backward"
-    rows = cached_rows(dout, cache, where)
-    dgamma = (rows * cache.xhat).sum(axis=0)
-    dbeta = rows.sum(axis=0)
-    dx = row_backward(rows * cache.gamma, cache.xhat, cache.rstd)
+    dout_rows = cached_rows(dout, cache, where)
+    dgamma = (dout_rows * cache.xhat).sum(axis=0)
+    dbeta = dout_rows.sum(axis=0)
+    dx = row_backward(dout_rows * cache.gamma, cache.xhat, cache.invstd)
     return (
         dx.reshape(cache.shape).astype(cache.dtype, copy=False),
         dgamma.reshape(cache.param_shape),
@@ -119,18 +121,13 @@ def layernorm_backward(dout, cache):
 
 def cached_rows(dout, cache, where: str) -> np.ndarray:
     """Check ``dout`` against the cache and view it as rows of the compute dtype."""
-    if not isinstance(cache, RowNormCache):
-        raise TypeError(f"{where}: cache must come from the matching forward, got "
-                        f"{type(cache).__name__}")
-    require_array(dout, "dout", where)
-    if dout.shape != cache.shape:
-        raise ValueError(f"{where}: dout must have the input's shape {cache.shape}, "
-                         f"got {dout.shape}")
+    require_cache(cache, RowNormCache, "the matching forward", where)
+    require_dout(dout, cache.shape, where)
     return dout.reshape(cache.xhat.shape).astype(cache.xhat.dtype, copy=False)
 
 
 def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
-    """Group normalization: channels split into ``num_groups`` groups, each normalised over
+    """Group normalization: channels split into ``num_groups`` groups, each normalized over
     its C/G channels and every spatial position, per sample.
 
     Args:
@@ -153,12 +150,12 @@ def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
     eps = require_eps(eps, where)
     dtype = compute_dtype(x.dtype)
     rows = x.reshape(n * num_groups, -1).astype(dtype, copy=False)
-    xhat, rstd = normalize_rows(rows, eps)
+    xhat, invstd = normalize_rows(rows, eps)
     spatial = rows.shape[1] // (channels // num_groups)
     g = per_channel_rows(gamma.astype(dtype), num_groups, spatial)
     b = per_channel_rows(beta.astype(dtype), num_groups, spatial)
     out = (xhat.reshape(n, num_groups, -1) * g + b).reshape(x.shape).astype(x.dtype, copy=False)
-    return out, RowNormCache(xhat, rstd, g, x.shape, x.dtype, gamma.shape)
+    return out, RowNormCache(xhat, invstd, g, x.shape, x.dtype, gamma.shape)
 
 
 def per_channel_rows(v: np.ndarray, num_groups: int, spatial: int) -> np.ndarray:
@@ -169,26 +166,30 @@ def per_channel_rows(v: np.ndarray, num_groups: int, spatial: int) -> np.ndarray
 def groupnorm_backward(dout, cache):
     """Backward of :func:`groupnorm_forward`: returns (dx, dgamma, dbeta), dgamma/dbeta (C,)."""
     where = "groupnorm_backward"
-    rows = cached_rows(dout, cache, where)
+    dout_rows = cached_rows(dout, cache, where)
     n, channels = cache.shape[:2]
     groups = cache.gamma.shape[0]
-    grouped = rows.reshape(n, groups, -1)
-    g = (grouped * cache.gamma).reshape(rows.shape)
-    dx = row_backward(g, cache.xhat, cache.rstd)
+    grouped = dout_rows.reshape(n, groups, -1)
+    g = (grouped * cache.gamma).reshape(dout_rows.shape)
+    dx = row_backward(g, cache.xhat, cache.invstd)
     per_channel = (n, channels, -1)
-    xhat = cache.xhat.reshape(per_channel)
-    dy = rows.reshape(per_channel)
-    dgamma = (dy * xhat).sum(axis=(0, 2))
-    dbeta = dy.sum(axis=(0, 2))
+    dout_c, xhat_c = dout_rows.reshape(per_channel), cache.xhat.reshape(per_channel)
+    dgamma = (dout_c * xhat_c).sum(axis=(0, 2))
+    dbeta = dout_c.sum(axis=(0, 2))
     return dx.reshape(cache.shape).astype(cache.dtype, copy=False), dgamma, dbeta
 
 
 def rmsnorm_forward(x, gamma, eps=1e-6):
-    """RMS normalization over the trailing ``gamma.ndim`` axes: ``y = gamma * x / rms(x)``
+    """RMS normalization over the trailing ``gamma.ndim`` axes: ``out = gamma * x / rms(x)``
     with ``rms(x) = sqrt(mean(x**2) + eps)``. No mean subtraction and no beta.
 
+    Args:
+        x: (..., *normalized_shape) float array, e.g. (N, D) or (N, T, D).
+        gamma: array of shape normalized_shape.
+        eps: positive constant inside the square root.
+
     Returns:
-        (out, cache) for :func:`rmsnorm_backward`.
+        A tuple ``(out, cache)``: out like x, cache for :func:`rmsnorm_backward`.
     """
     where = "rmsnorm_forward"
     require_input(x, where, min_ndim=1)
@@ -197,17 +198,18 @@ def rmsnorm_forward(x, gamma, eps=1e-6):
     eps = require_eps(eps, where)
     dtype = compute_dtype(x.dtype)
     rows = x.reshape(-1, gamma.size).astype(dtype, copy=False)
-    xhat, rstd = normalize_rows(rows, eps, center=False)
+    xhat, invstd = normalize_rows(rows, eps, center=False)
     g = gamma.reshape(-1).astype(dtype)
     out = (xhat * g).reshape(x.shape).astype(x.dtype, copy=False)
-    return out, RowNormCache(xhat, rstd, g, x.shape, x.dtype, gamma.shape)
+    return out, RowNormCache(xhat, invstd, g, x.shape, x.dtype, gamma.shape)
 
 
 def rmsnorm_backward(dout, cache):
-    """Backward of :func:`rmsnorm_forward`: returns (dx, dgamma)."""
-    rows = cached_rows(dout, cache, "rmsnorm_backward")
-    dgamma = (rows * cache.xhat).sum(axis=0)
-    dx = row_backward(rows * cache.gamma, cache.xhat, cache.rstd, center=False)
+    """Backward of :func:`rmsnorm_forward`: returns (dx, dgamma), dx like the input and
+    dgamma like gamma."""
+    dout_rows = cached_rows(dout, cache, "rmsnorm_backward")
+    dgamma = (dout_rows * cache.xhat).sum(axis=0)
+    dx = row_backward(dout_rows * cache.gamma, cache.xhat, cache.invstd, center=False)
     return (
         dx.reshape(cache.shape).astype(cache.dtype, copy=False),
         dgamma.reshape(cache.param_shape),

@@ -3,7 +3,7 @@
 ``convention="pytorch"`` (torch.nn.BatchNorm*): momentum (default 0.1) weights the NEW batch,
     running = (1 - momentum) * running + momentum * batch,
 and the running variance stores the UNBIASED batch variance (M / (M - 1) times the biased one),
-while the output is always normalised with the biased variance. ``momentum=None`` gives the
+while the output is always normalized with the biased variance. ``momentum=None`` gives the
 cumulative average, factor 1 / num_batches_tracked.
 
 ``convention="keras"`` (keras.layers.BatchNormalization): momentum (default 0.99) weights the
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnlib.numpy._checks import require_eps, require_input
+from bnlib.numpy._checks import require_dout, require_eps, require_input
 from bnlib.numpy.axes import channel_view, reduction_axes
-from bnlib.numpy.batchnorm import (
-    batchnorm_backward,
-    batchnorm_forward_with_variance,
-    batchnorm_inference,
-)
+from bnlib.numpy.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_inference
 
 CONVENTIONS = ("pytorch", "keras")
 DEFAULT_MOMENTUM = {"pytorch": 0.1, "keras": 0.99}
@@ -115,7 +111,9 @@ class BatchNorm:
         return np.ones(self.num_features), np.zeros(self.num_features)
 
     def forward(self, x):
-        """Normalise ``x``; in training mode also update the running statistics."""
+        """Normalize ``x`` (N, C) or (N, C, *spatial); returns out of x's shape and dtype.
+
+        In training mode this also updates the running statistics."""
         require_input(x, "BatchNorm.forward")
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm.forward: expected {self.num_features} channels "
@@ -125,10 +123,9 @@ class BatchNorm:
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1
         if use_batch_stats:
-            out, cache, var = batchnorm_forward_with_variance(x, gamma, beta, self.eps,
-                                                              "BatchNorm.forward")
+            out, cache = batchnorm_forward(x, gamma, beta, self.eps)
             if self.training and self.running_mean is not None and x.size:
-                self._update_running_stats(cache.mean, var, x.size // x.shape[1])
+                self._update_running_stats(cache.mean, cache.var, x.size // x.shape[1])
             self._cache = ("batch", cache)
             return out
         out = batchnorm_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
@@ -152,7 +149,8 @@ class BatchNorm:
         self.running_var = (1.0 - factor) * self.running_var + factor * var
 
     def backward(self, dout):
-        """Gradient with respect to the last forward's input; sets weight_grad and bias_grad."""
+        """Gradient dx (the last input's shape) of the last forward; sets weight_grad and
+        bias_grad (C,)."""
         if self._cache is None:
             raise RuntimeError("BatchNorm.backward: call forward first")
         kind, cache = self._cache
@@ -165,10 +163,8 @@ class BatchNorm:
         return dx
 
     def _inference_backward(self, dout, x):
-        """In eval mode BN is an affine map per channel, so dx is dout times a scale."""
-        if dout.shape != x.shape:
-            raise ValueError(f"BatchNorm.backward: dout must have shape {x.shape}, "
-                             f"got {dout.shape}")
+        """In eval mode BN is an affine map per channel, so dx is dout times gamma * invstd."""
+        require_dout(dout, x.shape, "BatchNorm.backward")
         gamma, _ = self._gamma_beta()
         invstd = 1.0 / np.sqrt(self.running_var + self.eps)
         axes, ndim = reduction_axes(dout), dout.ndim

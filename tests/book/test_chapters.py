@@ -22,7 +22,7 @@ CHAPTERS = {
     "04_backprop": ("ch-backprop", 4, "bn_backward"),
     "05_inference": ("ch-inference", 5, "bn_inference"),
     "06_layer_norm": ("ch-layer-norm", 6, "layer_norm"),
-    "07_why_bn_works": ("ch-why-bn", 7, None),
+    "07_why_bn_works": ("ch-why-bn", 7, "scale_invariance"),
     "08_gpu": ("ch-gpu", 8, "bn_torch"),
     "09_myths": ("ch-myths", 9, "bn_pitfalls"),
 }
@@ -108,6 +108,17 @@ def test_chapter_links_its_exercise(name):
         assert not any("exercises/" in link for link in links)
     else:
         assert expected in links, f"chapters/{name}.md must link {expected} with {{download}}"
+
+
+def test_every_declared_assignment_is_linked_from_its_chapter():
+    from bnlib.grading.assignments import declared
+
+    chapters = {number: name for name, (_, number, _) in CHAPTERS.items()}
+    for assignment in declared():
+        name = chapters[assignment.chapter]
+        expected = f"../exercises/{assignment.name}/{assignment.name}.ipynb"
+        assert expected in role_targets(chapter_text(name), "download"), (
+            f"chapters/{name}.md must link {expected} with {{download}}")
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

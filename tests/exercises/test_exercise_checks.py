@@ -7,6 +7,7 @@ check(...) calls, seeds included, are read from the notebook so the seeds live o
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -242,6 +243,54 @@ def test_a_backward_wrong_on_every_case_is_not_blamed_on_cancellation():
     assert "divides by N - 1" in verdict.message
 
 
+@pytest.mark.parametrize("assignment, forward, backward", [
+    ("bn_backward", "spatial_batchnorm_forward", "spatial_batchnorm_backward"),
+    ("layer_norm", "groupnorm_forward", "groupnorm_backward"),
+])
+def test_a_backward_that_ignores_its_cache_is_named(assignment, forward, backward):
+    """The grader's second forward call takes every input of the first but x (num_groups
+    too), so only a backward that reads the LAST forward's state gets other gradients."""
+    namespace = namespace_of(notebook_parts(assignment)[0])
+    last = {}
+
+    def remembering_forward(*args, **kwargs):
+        out, last["cache"] = namespace[forward](*args, **kwargs)
+        return out, last["cache"]
+
+    def forgetting_backward(dout, cache):
+        return namespace[backward](dout, last["cache"])
+
+    verdict = run_check(assignment, backward,
+                        {forward: remembering_forward, backward: forgetting_backward})
+    assert not verdict.passed
+    assert f"{backward} ignores its cache argument" in verdict.message
+
+
+# keras 3.15's torch backend converts with np.array(x, copy=False) internally.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_own_batch_normalization_passes_the_keras_convention_check():
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    assert keras.backend.backend() == "torch"
+
+    def update_running_stats_keras(running_mean, running_var, x, momentum=0.99):
+        layer = keras.layers.BatchNormalization(momentum=momentum, dtype="float64")
+        layer.build(x.shape)
+        layer.moving_mean.assign(running_mean)
+        layer.moving_variance.assign(running_var)
+        layer(x, training=True)
+        return tuple(keras.ops.convert_to_numpy(v)
+                     for v in (layer.moving_mean, layer.moving_variance))
+
+    functions = {"update_running_stats_keras": update_running_stats_keras}
+    for seed in (None, 3):
+        verdict = run_check("bn_inference", "update_running_stats_keras", functions, seed=seed)
+        assert verdict.passed, verdict.message
+    wrong = run_check("bn_inference", "update_running_stats",
+                      {"update_running_stats": update_running_stats_keras})
+    assert "Keras momentum convention" in wrong.message
+
+
 def test_modified_inputs_are_judged_from_what_the_driver_sends_back():
     spec = CHECKS[("bn_forward", "batchnorm_forward")]
     case = spec.cases(None)[0]
@@ -291,3 +340,9 @@ def test_hidden_batteries_cover_square_shapes_ranks_and_arguments(seed):
         assert len({c[option] for c in cases}) > 1, option
     backward = CHECKS[("bn_backward", "batchnorm_backward")].cases(seed)
     assert all(not np.array_equal(c["x"], c["other.x"]) for c in backward)
+    for key in (("bn_backward", "spatial_batchnorm_backward"),
+                ("layer_norm", "groupnorm_backward")):
+        assert {"constant", "offset"} <= {c["kind"] for c in CHECKS[key].cases(seed)}, key
+    keras = CHECKS[("bn_inference", "update_running_stats_keras")].cases(seed)
+    assert 2 in {c["x"].shape[0] for c in keras}
+    assert all(c["momentum"] != 0.99 for c in keras)  # so a hard-coded default shows

@@ -231,6 +231,17 @@ def test_find_case_needs_exactly_one_match():
         roofline.find_case(rows, op="ln")
 
 
+def test_achieved_gbps_and_copy_fraction_of_any_implementation():
+    row = RUN["rows"][0]
+    assert roofline.achieved_gbps(row, "eager") == pytest.approx(154_140_672 / 120e-6 / 1e9)
+    assert roofline.copy_fraction(RUN, row) == pytest.approx(154_140_672 / 60e-6 / 1e9 / 2990)
+    with pytest.raises(KeyError, match=r"no time for 'compile' in this row; it has "
+                                       r"\['bnlib', 'eager'\]"):
+        roofline.achieved_gbps(row, "compile")
+    with pytest.raises(ValueError, match="bad.json records no copy bandwidth"):
+        roofline.copy_fraction({"meta": {}, "file": "bad.json"}, row)
+
+
 def test_copy_share_table_has_a_line_per_shape_and_a_column_per_dtype_and_layout():
     rows = [{"op": "bn", "direction": "fwd+bwd", "shape": shape, "dtype": dtype,
              "layout": "nchw", "percent_of_copy": share}

@@ -1,6 +1,8 @@
 """The hostile corpus through the real pipeline: ``nbgrader autograde`` on the whole class in
 one batch, then ``python -m bnlib.grading.cli grade`` (a re-grade) on the same course, with
-a real SQLite gradebook. Expectations live in hostile/cases.json."""
+a real SQLite gradebook, then feedback, formgrader's page, export and zip_collect. Expectations
+live in hostile/cases.json; a case marked ``"isolation": true`` needs the namespaces (root on
+Linux) for its message."""
 
 from __future__ import annotations
 
@@ -16,15 +18,16 @@ import pytest
 from nbgrader.api import Gradebook
 
 from bnlib.grading import cli
+from bnlib.grading.sandbox import isolation_available
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 REPO = HOSTILE.parents[2]
 CASES = json.loads((HOSTILE / "cases.json").read_text())
 TESTS = ("test_batchnorm_forward", "test_spatial", "test_hidden")
 FAST_LIMITS = """
-c.IsolatedExecute.cell_timeout = 3
-c.IsolatedExecute.check_timeout = 5
-c.IsolatedExecute.memory_mb = 1024
+c.GradingLimits.cell_timeout = 3
+c.GradingLimits.check_timeout = 5
+c.GradingLimits.memory_mb = 1024
 """
 
 pytestmark = pytest.mark.slow
@@ -102,6 +105,8 @@ def test_case_scores_status_and_message(course, case):
     assert status["status"] == expected["status"], status["messages"]
     assert {t: rows[t][0] for t in TESTS} == expected["scores"]
     text = "\n".join(status["messages"]) + "\n" + notebook_text(course["root"], case)
+    if expected.get("isolation") and not isolation_available():
+        pytest.skip("this case's message needs the namespaces (root on Linux)")
     assert re.search(expected["message"], text), text[-3000:]
     flagged = {t: rows[t][1] for t in TESTS}
     if expected["status"] == "graded":
@@ -170,6 +175,91 @@ def test_feedback_has_no_hidden_tests(course):
         assert "test_hidden" in html or "Points" in html
         assert "seed=" not in html and "edge_cases" not in html
         assert "BEGIN HIDDEN" not in html
+        assert "not recognized" not in result.stdout + result.stderr  # no config warnings
+
+
+def assert_inert(html: str) -> None:
+    """The student's answer is in the page, and none of its HTML is live."""
+    assert "the population variance is used" in html
+    assert "<script>alert" not in html
+    assert not re.search(r"<[^>]*\bonerror\s*=", html)  # as a real attribute, not as text
+    assert not re.search(r"""(href|src)\s*=\s*["']?\s*javascript:""", html)
+
+
+def test_feedback_and_formgrader_show_student_html_as_text(course):
+    root = course["root"]
+    result = nbgrader(root, "generate_feedback", "bn_forward", "--student", "script_in_answer",
+                      "--force")
+    assert result.returncode == 0, result.stderr
+    assert_inert((root / "grading" / "feedback" / "script_in_answer" / "bn_forward" /
+                  "bn_forward.html").read_text())
+    # formgrader's page for a submission, built as its handler builds it
+    from nbconvert.exporters import HTMLExporter
+    from nbgrader.server_extensions.formgrader import handlers
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
+    config.HTMLExporter.template_name = "formgrade"
+    config.HTMLExporter.extra_template_basedirs = [handlers.template_path]
+    page, _ = HTMLExporter(config=config).from_filename(
+        str(root / "grading" / "autograded" / "script_in_answer" / "bn_forward" /
+            "bn_forward.ipynb"),
+        resources={"assignment_id": "bn_forward", "notebook_id": "bn_forward", "index": 0,
+                   "submission_id": "s", "total": 1, "base_url": "", "student": "s",
+                   "last_name": "", "first_name": "", "notebook_path": "s"})
+    assert_inert(page)
+
+
+def test_untouched_notebooks_need_no_repair(course):
+    for student in ("correct", "released_unmodified"):
+        status = course["statuses"][student]
+        assert not [m for m in status["messages"] if "restored" in m or "repaired" in m], \
+            status["messages"]
+    release = course["root"] / "exercises" / "bn_forward" / "bn_forward.ipynb"
+    ok, lines = cli.validate(release, release)
+    assert not [line for line in lines if line.startswith(("repaired", "warning"))], lines
+
+
+def test_export_writes_under_the_grading_folder(course):
+    root = course["root"]
+    result = nbgrader(root, "export")
+    assert result.returncode == 0, result.stderr
+    grades = (root / "grading" / "grades.csv").read_text()
+    assert not (root / "grades.csv").exists()
+    assert grades.startswith("assignment,duedate,timestamp,student_id")
+    assert "\nbn_forward,,," in grades and "correct" in grades
+
+
+def test_zip_collect_collects_the_documented_layout(course, tmp_path):
+    """An LMS download as nbgrader_config.py documents it: zip files in
+    grading/downloaded/<assignment>/archive/, notebooks named <student>_<notebook>.ipynb."""
+    import zipfile
+
+    root = make_course(tmp_path / "zipcourse", [])
+    archive = root / "grading" / "downloaded" / "bn_forward" / "archive"
+    archive.mkdir(parents=True)
+    notebook = (HOSTILE / "submissions" / "correct" / "bn_forward.ipynb").read_bytes()
+    with zipfile.ZipFile(archive / "class.zip", "w") as bundle:
+        bundle.writestr("alice_bn_forward.ipynb", notebook)
+        bundle.writestr("bob_bn_forward.ipynb", notebook)
+    result = nbgrader(root, "zip_collect", "bn_forward")
+    assert result.returncode == 0, result.stderr
+    for student in ("alice", "bob"):
+        collected = root / "grading" / "submitted" / student / "bn_forward" / "bn_forward.ipynb"
+        assert collected.read_bytes() == notebook
+
+
+def test_grade_finds_the_course_it_is_run_in(course, tmp_path):
+    """From a course's subfolder it grades that course; outside any course it stops."""
+    command = [sys.executable, "-m", "bnlib.grading.cli", "grade", "--student", "correct"]
+    inside = subprocess.run(command, cwd=course["root"] / "grading", capture_output=True,
+                            text=True, env=cli.nbgrader_env())
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.startswith(f"course: {course['root']}\n")
+    outside = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                             env=cli.nbgrader_env())
+    assert outside.returncode == 2 and outside.stdout == ""
+    assert f"no nbgrader_config.py in {tmp_path} or a folder above it" in outside.stderr
 
 
 def test_second_run_is_refused_while_one_holds_the_lock(course, capsys):

@@ -8,8 +8,14 @@ import textwrap
 import pytest
 from nbformat import v4
 from nbgrader.utils import determine_grade
+from traitlets.config import Config
 
-from bnlib.grading.pipeline import IsolatedExecute, configure_autograde, explain_process_errors
+from bnlib.grading.pipeline import (
+    IsolatedExecute,
+    configure_autograde,
+    explain_process_errors,
+    forbidden_packages,
+)
 
 FORWARD = textwrap.dedent("""\
     import numpy as np
@@ -38,7 +44,10 @@ def graded_test_cell(source: str, grade_id: str, points: float = 2.0):
 def grade(*cells):
     nb = v4.new_notebook()
     nb.cells = list(cells)
-    runner = IsolatedExecute(cell_timeout=5, check_timeout=10)
+    config = Config()
+    config.GradingLimits.cell_timeout = 5
+    config.GradingLimits.check_timeout = 10
+    runner = IsolatedExecute(config=config)
     nb, _ = runner.preprocess(nb, {"nbgrader": {"student": "s", "assignment": "a",
                                                 "notebook": "n"}})
     return nb
@@ -95,8 +104,35 @@ def test_test_cell_source_is_never_run_as_student_code():
 def test_process_errors_are_explained():
     assert explain_process_errors("f raised MemoryError: ", 512) == (
         "f ran out of memory (the limit is 512 MiB)")
+    assert explain_process_errors("case 2: f raised numpy.core._exceptions._ArrayMemoryError: "
+                                  "Unable to allocate", 512) == (
+        "case 2: f ran out of memory (the limit is 512 MiB)")
     assert explain_process_errors("f raised SystemExit: 3", 512).startswith(
         "f ended the process (exit code 3)")
+    assert explain_process_errors("out is wrong\nf raised ValueError: no", 512) == (
+        "out is wrong\nf raised ValueError: no")
+
+
+def test_a_long_message_costs_linear_work():
+    """The regular expression this replaced took 91 s on 30,000 characters; a run that is
+    quadratic or worse in the length would not finish here."""
+    words = "a" * 4_000_000
+    assert explain_process_errors(words + " raised MemoryError", 512) == (
+        words + " ran out of memory (the limit is 512 MiB)")
+    assert explain_process_errors("f raised MemoryError: " + words, 512) == (
+        "f ran out of memory (the limit is 512 MiB)")
+    lines = "\n".join(["x raised ValueError: " + "b" * 20] * 100_000)
+    assert explain_process_errors(lines, 512) == lines
+
+
+def test_forbidden_packages_follow_the_notebook_assignments():
+    assert forbidden_packages({"bn_backward"})["torch"] == (
+        "bn_backward is a NumPy assignment: importing torch is not allowed; write the "
+        "computation yourself")
+    assert "jax" in forbidden_packages({"bn_forward", "layer_norm"})
+    assert forbidden_packages({"bn_torch"}) == {}
+    assert forbidden_packages({"bn_torch", "bn_forward"}) == {}  # one allows it: allowed
+    assert forbidden_packages({"no_such_assignment"}) == {}
 
 
 def test_configure_autograde_replaces_execute_only():
@@ -110,4 +146,7 @@ def test_configure_autograde_replaces_execute_only():
     assert "SaveAutoGrades" in names and "LimitOutput" in names
     sanitize = [p.__name__ for p in c.Autograde.sanitize_preprocessors]
     assert "PreflightCells" in sanitize and "DeduplicateIds" not in sanitize
-    assert c.IsolatedExecute.cell_timeout == 7
+    assert names[-1] == "SanitizeStudentHTML"
+    assert c.GradingLimits.cell_timeout == 7
+    with pytest.raises(TypeError, match="unknown limit 'cell_time'"):
+        configure_autograde(c, cell_time=7)

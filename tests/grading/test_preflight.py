@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat import v4
 
+from bnlib.grading import ASSIGNMENTS
 from bnlib.grading import preflight as pf
 from bnlib.grading.pipeline import CheckCall, UngradableTestCell, find_check_calls
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def graded(cell, grade_id, *, grade=False, solution=False, locked=False, points=None):
@@ -172,3 +176,31 @@ def test_released_test_cell_without_hidden_tests_is_no_edit():
     report = pf.preflight(nb, pf.Reference.from_notebook(source))
     assert report.changes == []
     assert nb.cells[4].source == source.cells[4].source  # hidden tests back for grading
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_untouched_releases_need_no_repair(assignment):
+    """Against its own release or its source, an untouched release changes nothing: nbgrader
+    writes "task": false on every cell, and an absent flag means the same."""
+    release = REPO / "exercises" / assignment / f"{assignment}.ipynb"
+    source = REPO / "solutions" / assignment / f"{assignment}.ipynb"
+    for reference in (release, source):
+        report = pf.read_notebook(release)
+        pf.preflight(report.notebook, pf.Reference.from_notebook(
+            pf.read_notebook(reference).notebook), report)
+        assert report.changes == [] and report.warnings == [], reference
+
+
+def test_bnlib_imports_are_found_without_parsing():
+    assert pf.imports_bnlib("import os, bnlib.numpy as bn")
+    assert pf.imports_bnlib("x = 1; from bnlib import numpy")
+    assert pf.imports_bnlib("def f(:\n    import bnlib")  # not valid Python: still found
+    assert not pf.imports_bnlib("import bnlibx\nfrom numpy import bnlib_like\n# import bnlib")
+    assert not pf.imports_bnlib("(" * 1_000_000)  # no parser to overflow
+
+
+def test_untrusted_names_are_cut_in_messages(reference):
+    nb = source_notebook()
+    nb.cells.append(graded(v4.new_code_cell("pass"), "x" * 100_000, grade=True, points=1))
+    report = pf.preflight(nb, reference)
+    assert len(report.changes[0]) < 200

@@ -1,3 +1,5 @@
+"""Fixtures shared by the bnlib.numpy tests: seeded inputs and float64 reference maths."""
+
 import numpy as np
 import pytest
 
@@ -6,3 +8,24 @@ import pytest
 def rng():
     """A seeded generator, so every run draws the same inputs."""
     return np.random.default_rng(1234)
+
+
+def float64_batchnorm(x, gamma, beta, eps=1e-5):
+    """Batch norm in float64 straight from the four equations (axes: all but 1).
+
+    Returns ``(out, mean, var)``: out like x, mean and biased var of shape (C,).
+    """
+    x = np.asarray(x, np.float64)
+    axes = (0, *range(2, x.ndim))
+    view = (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    out = np.asarray(gamma, np.float64).reshape(view) * xhat + np.asarray(beta).reshape(view)
+    return out, mean.reshape(-1), var.reshape(-1)
+
+
+@pytest.fixture
+def reference():
+    """:func:`float64_batchnorm`, the maths every NumPy batch norm is compared with."""
+    return float64_batchnorm

@@ -8,12 +8,18 @@ import torch.nn.functional as F
 import bnlib.numpy as bn
 
 
-def torch_grads(fn, x, params, dout):
+def assert_matches_torch(forward, backward, torch_forward, x, params, dout):
+    """Our forward and backward against torch's forward and autograd on the same inputs:
+    the output to 1e-12, every gradient (dx, then one per parameter) to 1e-11."""
+    out, cache = forward(x, *params)
+    ours = (out, *backward(dout, cache))
     xt = torch.tensor(x, requires_grad=True)
-    pts = [torch.tensor(p, requires_grad=True) for p in params]
-    out = fn(xt, *pts)
-    out.backward(torch.tensor(dout))
-    return out.detach().numpy(), xt.grad.numpy(), [p.grad.numpy() for p in pts]
+    params_t = [torch.tensor(p, requires_grad=True) for p in params]
+    yt = torch_forward(xt, *params_t)
+    yt.backward(torch.tensor(dout))
+    theirs = (yt.detach().numpy(), xt.grad.numpy(), *(p.grad.numpy() for p in params_t))
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        np.testing.assert_allclose(a, b, atol=1e-12 if i == 0 else 1e-11)
 
 
 @pytest.mark.parametrize("shape,normalized", [((4, 6), (6,)), ((2, 3, 5), (5,)),
@@ -21,14 +27,9 @@ def torch_grads(fn, x, params, dout):
 def test_layernorm_matches_torch(shape, normalized, rng):
     x, dout = rng.normal(3.0, 2.0, size=shape), rng.normal(size=shape)
     gamma, beta = rng.normal(size=normalized), rng.normal(size=normalized)
-    out, cache = bn.layernorm_forward(x, gamma, beta)
-    dx, dgamma, dbeta = bn.layernorm_backward(dout, cache)
-    ref_out, ref_dx, (ref_dg, ref_db) = torch_grads(
-        lambda a, g, b: F.layer_norm(a, normalized, g, b, 1e-5), x, (gamma, beta), dout)
-    np.testing.assert_allclose(out, ref_out, atol=1e-12)
-    np.testing.assert_allclose(dx, ref_dx, atol=1e-11)
-    np.testing.assert_allclose(dgamma, ref_dg, atol=1e-11)
-    np.testing.assert_allclose(dbeta, ref_db, atol=1e-11)
+    assert_matches_torch(bn.layernorm_forward, bn.layernorm_backward,
+                         lambda a, g, b: F.layer_norm(a, normalized, g, b, 1e-5),
+                         x, (gamma, beta), dout)
 
 
 @pytest.mark.parametrize("shape,groups", [((3, 6, 4), 3), ((2, 4, 3, 3), 2), ((2, 4), 4),
@@ -36,27 +37,18 @@ def test_layernorm_matches_torch(shape, normalized, rng):
 def test_groupnorm_matches_torch(shape, groups, rng):
     x, dout = rng.normal(size=shape), rng.normal(size=shape)
     gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
-    out, cache = bn.groupnorm_forward(x, gamma, beta, groups)
-    dx, dgamma, dbeta = bn.groupnorm_backward(dout, cache)
-    ref_out, ref_dx, (ref_dg, ref_db) = torch_grads(
-        lambda a, g, b: F.group_norm(a, groups, g, b, 1e-5), x, (gamma, beta), dout)
-    np.testing.assert_allclose(out, ref_out, atol=1e-12)
-    np.testing.assert_allclose(dx, ref_dx, atol=1e-11)
-    np.testing.assert_allclose(dgamma, ref_dg, atol=1e-11)
-    np.testing.assert_allclose(dbeta, ref_db, atol=1e-11)
+    assert_matches_torch(lambda a, g, b: bn.groupnorm_forward(a, g, b, groups),
+                         bn.groupnorm_backward,
+                         lambda a, g, b: F.group_norm(a, groups, g, b, 1e-5),
+                         x, (gamma, beta), dout)
 
 
 @pytest.mark.parametrize("shape,normalized", [((4, 6), (6,)), ((2, 3, 4, 5), (4, 5))])
 def test_rmsnorm_matches_torch(shape, normalized, rng):
     x, dout = rng.normal(size=shape), rng.normal(size=shape)
-    gamma = rng.normal(size=normalized)
-    out, cache = bn.rmsnorm_forward(x, gamma, eps=1e-6)
-    dx, dgamma = bn.rmsnorm_backward(dout, cache)
-    ref_out, ref_dx, (ref_dg,) = torch_grads(
-        lambda a, g: F.rms_norm(a, normalized, g, 1e-6), x, (gamma,), dout)
-    np.testing.assert_allclose(out, ref_out, atol=1e-12)
-    np.testing.assert_allclose(dx, ref_dx, atol=1e-11)
-    np.testing.assert_allclose(dgamma, ref_dg, atol=1e-11)
+    assert_matches_torch(lambda a, g: bn.rmsnorm_forward(a, g, eps=1e-6), bn.rmsnorm_backward,
+                         lambda a, g: F.rms_norm(a, normalized, g, 1e-6),
+                         x, (rng.normal(size=normalized),), dout)
 
 
 def test_numerical_gradients_of_all_three(rng):
@@ -94,3 +86,12 @@ def test_layer_norm_single_feature_returns_beta_and_float32_is_accurate(rng):
     x64 = x.astype(np.float64)
     ref = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
     assert out.dtype == np.float32 and np.abs(out - ref).max() < 5e-4
+
+
+def test_row_cache_holds_xhat_and_invstd(rng):
+    x = rng.normal(2.0, 3.0, size=(5, 6))
+    _, cache = bn.layernorm_forward(x, np.ones(6), np.zeros(6), eps=1e-5)
+    var = x.var(axis=1, keepdims=True)
+    np.testing.assert_allclose(cache.invstd, 1.0 / np.sqrt(var + 1e-5), rtol=1e-12)
+    np.testing.assert_allclose(cache.xhat, (x - x.mean(axis=1, keepdims=True)) * cache.invstd,
+                               rtol=1e-12, atol=1e-12)

@@ -146,3 +146,30 @@ def test_repr_and_bad_arguments():
         bn.BatchNorm(3).forward(np.zeros((4, 2)))
     with pytest.raises(RuntimeError, match="call forward first"):
         bn.BatchNorm(3).backward(np.zeros((4, 3)))
+
+
+def test_layer_depends_on_the_public_functions_not_on_the_teaching_module():
+    """layers.py imports the shared helpers and the public functions, never staged.py."""
+    import ast
+    import inspect
+
+    from bnlib.numpy import layers
+
+    tree = ast.parse(inspect.getsource(layers))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "bnlib.numpy.staged" not in imported
+    assert {"bnlib.numpy.axes", "bnlib.numpy._checks", "bnlib.numpy.batchnorm"} <= imported
+
+
+def test_running_variance_comes_from_the_forward_cache(rng, monkeypatch):
+    """The layer reuses the forward's batch variance instead of computing it again."""
+    from bnlib.numpy import engine
+
+    calls = []
+    statistics = engine.batch_statistics
+    monkeypatch.setattr(engine, "batch_statistics", lambda x: (calls.append(x), statistics(x))[1])
+    layer = bn.BatchNorm(3, momentum=1.0)
+    x = rng.normal(size=(6, 3, 2))
+    layer.forward(x)
+    assert len(calls) == 1
+    np.testing.assert_allclose(layer.running_var, x.var(axis=(0, 2), ddof=1), rtol=1e-12)

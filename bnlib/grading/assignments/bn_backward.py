@@ -1,10 +1,17 @@
-"""Assignment bn_backward: batchnorm_backward (staged graph) and batchnorm_backward_alt."""
+"""Assignment bn_backward: batchnorm_backward (staged graph), batchnorm_backward_alt, and the
+spatial pair on (N, C, H, W) built on them."""
 
 from __future__ import annotations
 
 from bnlib import numpy as bnp
 from bnlib.grading import checks
-from bnlib.grading.assignments.bn_forward import BATCHNORM_FORWARD
+from bnlib.grading.assignments.bn_forward import (
+    BATCHNORM_FORWARD,
+    SPATIAL_BATCHNORM_FORWARD,
+    as_rows,
+    spatial_cases,
+    wrong_ways_back,
+)
 from bnlib.grading.checks import AUTOGRAD_LIBRARIES, Assignment, Check, Function, Mistake, f64
 
 
@@ -30,6 +37,25 @@ def backward_checks(function: str) -> tuple[Check, ...]:
 
 
 SIGNATURE = "(dout, cache) -> (dx, dgamma, dbeta)"
+
+
+def dout_not_transposed(case: dict):
+    """The gradients when dout is reshaped to (-1, C) without moving C last (and dx reshaped
+    straight back): its rows are not the rows the forward pass cached."""
+    x = f64(case, "x")
+    _, cache = bnp.batchnorm_forward(as_rows(x), f64(case, "gamma"), f64(case, "beta"),
+                                     case["eps"])
+    dx, dgamma, dbeta = bnp.batchnorm_backward(f64(case, "dout").reshape(-1, x.shape[1]), cache)
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+judge_spatial_backward = checks.gradient_judge(
+    reference_gradients,
+    checks.gradient_hypotheses() + wrong_ways_back(lambda c: as_rows(reference_gradients(c)[0])),
+    every_gradient=[("you reshaped dout to (-1, C) without moving C last, so its rows are not "
+                     "the rows your forward pass cached: dout.transpose(0, 2, 3, 1).reshape(-1, "
+                     "C), as in the forward, and dx back with .reshape(N, H, W, C).transpose(0, "
+                     "3, 1, 2)", dout_not_transposed)])
 
 ASSIGNMENT = Assignment("bn_backward", chapter=4, forbidden_imports=AUTOGRAD_LIBRARIES, functions=(
     BATCHNORM_FORWARD,
@@ -62,7 +88,8 @@ ASSIGNMENT = Assignment("bn_backward", chapter=4, forbidden_imports=AUTOGRAD_LIB
                 (("    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]",
                   "    import torch\n"
                   "    xhat, xmu, std, gamma = cache\n    N = dout.shape[0]"),),
-                "importing torch is not allowed in bn_backward", caught_by="sandbox"),
+                "bn_backward is a NumPy assignment: importing torch is not allowed",
+                caught_by="sandbox"),
     )),
     Function(f"batchnorm_backward_alt{SIGNATURE}", backward_checks("batchnorm_backward_alt"), (
         Mistake("alt_missing_xhat_term", "closed form without the xhat * mean(dxhat * xhat) term",
@@ -74,5 +101,27 @@ ASSIGNMENT = Assignment("bn_backward", chapter=4, forbidden_imports=AUTOGRAD_LIB
         Mistake("alt_dgamma_without_xhat", "dgamma = sum(dout)",
                 (("dgamma = np.sum(dout * xhat, axis=0)", "dgamma = np.sum(dout, axis=0)"),),
                 "the factor xhat is missing"),
+    )),
+    SPATIAL_BATCHNORM_FORWARD,
+    Function(f"spatial_batchnorm_backward{SIGNATURE}", (
+        Check("spatial_batchnorm_backward", "spatial_batchnorm_backward matches the reference "
+              "gradients", spatial_cases, judge_spatial_backward,
+              after="spatial_batchnorm_forward"),), (
+        Mistake("spatial_backward_no_transpose",
+                "spatial backward: dout reshaped to (-1, C) without moving C last",
+                (("dout.transpose(0, 2, 3, 1).reshape(-1, C)", "dout.reshape(-1, C)"),
+                 ("dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)",
+                  "dx_rows.reshape(N, C, H, W)")),
+                "its rows are not the rows your forward pass cached"),
+        Mistake("spatial_backward_not_transposed_back",
+                "spatial backward: dx rows reshaped straight to (N, C, H, W)",
+                (("dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)",
+                  "dx_rows.reshape(N, C, H, W)"),),
+                "they are in (N, H, W, C) order"),
+        Mistake("spatial_backward_wrong_inverse_transpose",
+                "spatial backward: dx transposed back with the forward permutation",
+                (("dx_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)",
+                  "dx_rows.reshape(N, H, W, C).transpose(0, 2, 3, 1)"),),
+                "the permutation you used on the way in"),
     )),
 ))

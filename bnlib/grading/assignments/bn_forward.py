@@ -33,15 +33,35 @@ def square_only(recompute):
     return on_square
 
 
-def rows_transposed_back(axes: tuple[int, ...]):
-    """Normalize x.transpose(0, 2, 3, 1) as rows, then transpose back with ``axes``."""
-    def recompute(case):
-        x = f64(case, "x")
-        n, c, h, w = x.shape
-        rows = x.transpose(0, 2, 3, 1).reshape(-1, c)
-        out = bnp.batchnorm_forward(rows, f64(case, "gamma"), f64(case, "beta"), case["eps"])[0]
-        return out.reshape(n, h, w, c).transpose(axes)
-    return recompute
+def as_rows(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N * H * W, C): the rows that the (N, D) functions take."""
+    return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def from_rows(rows: np.ndarray, shape: tuple, axes: tuple[int, ...] | None = (0, 3, 1, 2)):
+    """Rows back to ``shape`` (N, C, H, W) through (N, H, W, C) and ``transpose(axes)``;
+    ``axes=None``: reshaped straight to ``shape``."""
+    if axes is None:
+        return rows.reshape(shape)
+    n, c, h, w = shape
+    return rows.reshape(n, h, w, c).transpose(axes)
+
+
+#: Wrong ways from rows back to (N, C, H, W): (message, the transpose used, None for none).
+WRONG_WAYS_BACK = (
+    ("you transposed back with the permutation you used on the way in: the inverse of "
+     "transpose(0, 2, 3, 1) is transpose(0, 3, 1, 2)", (0, 2, 3, 1)),
+    ("you transposed back with transpose(0, 3, 2, 1), which exchanges H and W: the inverse "
+     "of transpose(0, 2, 3, 1) is transpose(0, 3, 1, 2)", (0, 3, 2, 1)),
+    ("you reshaped the rows straight back to (N, C, H, W), but they are in (N, H, W, C) order: "
+     "reshape them to (N, H, W, C), then transpose(0, 3, 1, 2)", None),
+)
+
+
+def wrong_ways_back(rows_of) -> list[checks.Hypothesis]:
+    """The right rows, ``rows_of(case)``, taken back to (N, C, H, W) in each wrong way."""
+    return [(message, lambda c, axes=axes: from_rows(rows_of(c), np.shape(c["x"]), axes))
+            for message, axes in WRONG_WAYS_BACK]
 
 
 def no_transpose(case):
@@ -66,10 +86,7 @@ def axis_hypotheses(ndim: int) -> list[checks.Hypothesis]:
         ("you reshaped x to (-1, C) without moving C last, which mixes channels: transpose "
          "first, x.transpose(0, 2, 3, 1).reshape(-1, C), and transpose back at the end",
          no_transpose),
-        ("you transposed back with the permutation you used on the way in: the inverse of "
-         "transpose(0, 2, 3, 1) is transpose(0, 3, 1, 2)", rows_transposed_back((0, 2, 3, 1))),
-        ("you transposed back with transpose(0, 3, 2, 1), which exchanges H and W: the inverse "
-         "of transpose(0, 2, 3, 1) is transpose(0, 3, 1, 2)", rows_transposed_back((0, 3, 2, 1))),
+        *wrong_ways_back(lambda case: as_rows(reference_out(case))),
         ("you normalized each sample and channel over H and W only (that is instance norm); "
          "batch norm also averages over the batch: axis=(0, 2, 3)", over((2, 3))),
         ("you normalized over the batch axis only, one statistic per channel and position; "
@@ -105,6 +122,12 @@ BATCHNORM_FORWARD = Function("batchnorm_forward(x, gamma, beta, eps=1e-5) -> (ou
           "batchnorm_forward handles N = 2, float32, a constant feature and a large mean",
           checks.edge_cases, judge_forward),
 ))
+
+#: Graded here and, as the source of the spatial backward's cache, in bn_backward.
+SPATIAL_BATCHNORM_FORWARD = Function(
+    "spatial_batchnorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)", (
+        Check("spatial_batchnorm_forward", "spatial_batchnorm_forward matches the reference",
+              spatial_cases, judge_forward),))
 
 ASSIGNMENT = Assignment("bn_forward", chapter=3, forbidden_imports=AUTOGRAD_LIBRARIES, functions=(
     dataclasses.replace(BATCHNORM_FORWARD, mistakes=(
@@ -155,10 +178,7 @@ ASSIGNMENT = Assignment("bn_forward", chapter=3, forbidden_imports=AUTOGRAD_LIBR
                  ("xc = x - mean", "xc = x32 - mean")),
                 "only to float32 accuracy"),
     )),
-    Function("spatial_batchnorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)", (
-        Check("spatial_batchnorm_forward", "spatial_batchnorm_forward matches the reference",
-              spatial_cases, judge_forward),
-    ), (
+    dataclasses.replace(SPATIAL_BATCHNORM_FORWARD, mistakes=(
         Mistake("spatial_no_transpose", "reshaping (N, C, H, W) to (-1, C) without moving C last",
                 (("x.transpose(0, 2, 3, 1).reshape(-1, C)", "x.reshape(-1, C)"),
                  ("out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)",

@@ -8,26 +8,41 @@ from bnlib import numpy as bnp
 from bnlib.grading import checks
 from bnlib.grading.checks import AUTOGRAD_LIBRARIES, Assignment, Check, Function, Mistake, f64
 
-# --- update_running_stats --------------------------------------------------------------------
+# --- update_running_stats, update_running_stats_keras ----------------------------------------
 
-def running_cases(seed):
-    rng = np.random.default_rng(11 if seed is None else seed)
+#: Each convention as the settings of :func:`checks.running_statistics`, and its momenta.
+CONVENTIONS = {
+    "pytorch": {"settings": {"keras": False, "bessel": "all"}, "fixed": (0.1, 0.3),
+                "random": (0.05, 0.3), "seed": 11},
+    "keras": {"settings": {"keras": True, "bessel": "none"}, "fixed": (0.9, 0.7),
+              "random": (0.7, 0.95), "seed": 14},
+}
+
+
+def running_cases(seed, convention="pytorch"):
+    rules = CONVENTIONS[convention]
+    rng = np.random.default_rng(rules["seed"] if seed is None else seed)
     if seed is None:
-        setups = [((8, 3), 0.1), ((5, 4), 0.3)]
+        setups = list(zip(((8, 3), (5, 4)), rules["fixed"], strict=True))
     else:
-        setups = [((int(rng.integers(3, 17)), int(rng.integers(2, 7))), rng.uniform(0.05, 0.3)),
-                  ((2, int(rng.integers(2, 7))), rng.uniform(0.05, 0.3))]
+        shapes = [(int(rng.integers(3, 17)), int(rng.integers(2, 7))), (2, int(rng.integers(2, 7)))]
+        setups = [(shape, rng.uniform(*rules["random"])) for shape in shapes]
     return [{"x": checks.sample_input(rng, shape, "plain", (1,)),
              "running_mean": rng.normal(size=shape[1]),
              "running_var": rng.uniform(0.5, 2.0, shape[1]),
-             "momentum": float(momentum),
+             "momentum": float(momentum), "convention": convention,
              "label": f"N = {shape[0]}, momentum = {momentum:.3g}", "kind": "plain",
              **checks.FLOAT64_TOL} for shape, momentum in setups]
 
 
+def keras_cases(seed):
+    return running_cases(seed, "keras")
+
+
 def reference_update(case: dict):
     """(running_mean, running_var) of bnlib's BatchNorm layer after one training step."""
-    layer = bnp.BatchNorm(case["x"].shape[1], momentum=case["momentum"])
+    layer = bnp.BatchNorm(case["x"].shape[1], momentum=case["momentum"],
+                          convention=case["convention"])
     layer.running_mean = f64(case, "running_mean").copy()
     layer.running_var = f64(case, "running_var").copy()
     layer.train().forward(f64(case, "x"))
@@ -35,31 +50,46 @@ def reference_update(case: dict):
 
 
 def mistaken_update(case: dict, **mistake):
-    """(running_mean, running_var) under a mistake of :func:`running_statistics`."""
-    momentum = mistake.pop("momentum", case["momentum"])
-    if momentum == case["momentum"] and not mistake:
+    """(running_mean, running_var) with ``mistake`` changing the settings of the case's
+    convention (see :func:`checks.running_statistics`) or its momentum."""
+    right = {**CONVENTIONS[case["convention"]]["settings"], "momentum": case["momentum"]}
+    settings = {**right, **mistake}
+    if settings == right:
         raise ValueError("the same update: not a distinct hypothesis")
+    momentum = settings.pop("momentum")
     return checks.running_statistics(case["x"][None], case["running_mean"], case["running_var"],
-                                     momentum, **mistake)
+                                     momentum, **settings)
 
 
-def running_hypotheses(index: int) -> list[checks.Hypothesis]:
+#: Per convention: (message, mistake) for the mean, then the mistakes only the variance shows.
+RUNNING_MISTAKES = {
+    "pytorch": ([(checks.KERAS_MOMENTUM, {"keras": True}),
+                 (checks.HARD_CODED_MOMENTUM, {"momentum": 0.1})],
+                [(checks.BIASED_RUNNING_VAR, {"bessel": "none"}),
+                 (f"{checks.KERAS_MOMENTUM}; also, {checks.BIASED_RUNNING_VAR}",
+                  {"keras": True, "bessel": "none"})]),
+    "keras": ([(checks.TORCH_MOMENTUM, {"keras": False}),
+               (checks.ignored_momentum(0.99), {"momentum": 0.99})],
+              [(checks.UNBIASED_RUNNING_VAR, {"bessel": "all"}),
+               (f"{checks.TORCH_MOMENTUM}; also, {checks.UNBIASED_RUNNING_VAR}",
+                {"keras": False, "bessel": "all"})]),
+}
+
+
+def running_hypotheses(convention: str, index: int) -> list[checks.Hypothesis]:
     """Mistakes in the running mean (index 0) or the running variance (index 1)."""
-    hypotheses = [(checks.KERAS_MOMENTUM, {"keras": True}),
-                  (checks.HARD_CODED_MOMENTUM, {"momentum": 0.1})]
-    if index == 1:
-        hypotheses = [(checks.BIASED_RUNNING_VAR, {"bessel": "none"}), *hypotheses,
-                      (f"{checks.KERAS_MOMENTUM}; also, {checks.BIASED_RUNNING_VAR}",
-                       {"keras": True, "bessel": "none"})]
+    for_mean, for_var_only = RUNNING_MISTAKES[convention]
+    mistakes = for_mean if index == 0 else [for_var_only[0], *for_mean, *for_var_only[1:]]
     return [(message, lambda c, m=mistake: mistaken_update(c, **m)[index])
-            for message, mistake in hypotheses]
+            for message, mistake in mistakes]
 
 
 def judge_running(case: dict, result: dict) -> checks.Verdict | None:
     references = zip(("running_mean", "running_var"), reference_update(case), strict=True)
     for index, (key, ref) in enumerate(references):
         verdict = checks.compare(result, key, ref, case["function"], case,
-                                 running_hypotheses(index), lambda got: {"count": "N"})
+                                 running_hypotheses(case["convention"], index),
+                                 lambda got: {"count": "N"})
         if verdict:
             return verdict
     return None
@@ -219,6 +249,25 @@ ASSIGNMENT = Assignment("bn_inference", chapter=5, forbidden_imports=AUTOGRAD_LI
                   "running_mean *= 1 - momentum\n    running_mean += momentum * batch_mean\n"
                   "    new_mean = running_mean"),),
                 "modified its input running_mean in place"),
+    )),
+    Function("update_running_stats_keras(running_mean, running_var, x, momentum=0.99) "
+             "-> (running_mean, running_var)", (
+                 Check("update_running_stats_keras", "update_running_stats_keras follows Keras' "
+                       "convention", keras_cases, judge_running),), (
+        Mistake("keras_torch_momentum", "momentum weighting the new batch (PyTorch's convention)",
+                (("new_mean = momentum * running_mean + (1 - momentum) * batch_mean",
+                  "new_mean = (1 - momentum) * running_mean + momentum * batch_mean"),
+                 ("new_var = momentum * running_var + (1 - momentum) * batch_var",
+                  "new_var = (1 - momentum) * running_var + momentum * batch_var")),
+                "follow PyTorch's momentum convention"),
+        Mistake("keras_unbiased_variance", "running variance with Bessel's correction",
+                (("batch_var = x.var(axis=0)\n", "batch_var = x.var(axis=0, ddof=1)\n"),),
+                "Keras stores the biased batch variance"),
+        Mistake("keras_hard_coded_momentum", "momentum fixed at 0.99 whatever the argument",
+                (("    batch_mean = x.mean(axis=0)\n    batch_var = x.var(axis=0)\n",
+                  "    momentum = 0.99  # Keras' default\n"
+                  "    batch_mean = x.mean(axis=0)\n    batch_var = x.var(axis=0)\n"),),
+                "it matches momentum = 0.99"),
     )),
     Function("batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=1e-5) -> out", (
         Check("batchnorm_inference", "batchnorm_inference uses the running statistics",

@@ -1,4 +1,5 @@
-"""Assignment layer_norm: layernorm_forward / layernorm_backward on (N, D), groupnorm_forward."""
+"""Assignment layer_norm: layernorm_forward / layernorm_backward on (N, D), groupnorm_forward /
+groupnorm_backward on (N, C, H, W)."""
 
 from __future__ import annotations
 
@@ -55,13 +56,19 @@ def reference_ln_gradients(case: dict):
     return bnp.layernorm_backward(f64(case, "dout"), cache)
 
 
+judge_ln_backward = checks.gradient_judge(reference_ln_gradients, checks.gradient_hypotheses(
+    axes=(1,), channel_axis=-1, wrong_axes=(
+        ("the means in dx run over the batch (axis 0): layer norm's statistics are per sample, "
+         "so the terms mean(dxhat) and mean(dxhat * xhat) run over axis 1 (keepdims=True)",
+         (0,)),)))
+
+
 # --- group norm ------------------------------------------------------------------------------
 
 def group_case(rng, n, channels, groups, label, eps=1e-5, kind="plain"):
     shape = (n, channels, int(rng.integers(2, 5)), int(rng.integers(2, 5)))
     case = checks.make_case(rng, shape, f"{label}, num_groups = {groups}", eps=eps, kind=kind,
                             constant=(0, slice(0, channels // groups)))  # a group of one sample
-    del case["dout"]
     return dict(case, num_groups=int(groups))
 
 
@@ -91,9 +98,14 @@ def grouped(shape_of, axes, **variant):
     return recompute
 
 
+def groups_on_axis_1(n, c, g, h, w) -> tuple[int, ...]:
+    """(N, G, C // G, H, W): the view whose axes (2, 3, 4) hold one group of one sample."""
+    return (n, g, c // g, h, w)
+
+
 def consecutive(**variant):
     """Correct groups of C // G consecutive channels, with a normalization ``variant``."""
-    return grouped(lambda n, c, g, h, w: (n, g, c // g, h, w), (2, 3, 4), **variant)
+    return grouped(groups_on_axis_1, (2, 3, 4), **variant)
 
 
 GN_HYPOTHESES: list[checks.Hypothesis] = [
@@ -111,7 +123,7 @@ GN_HYPOTHESES: list[checks.Hypothesis] = [
      grouped(lambda n, c, g, h, w: (n, c, h, w), (1, 2, 3))),
     ("you included the batch axis in the group statistics: group norm is per sample, "
      "statistics over axes (2, 3, 4) of x.reshape(N, G, C // G, H, W)",
-     grouped(lambda n, c, g, h, w: (n, g, c // g, h, w), (0, 2, 3, 4))),
+     grouped(groups_on_axis_1, (0, 2, 3, 4))),
     ("you may be normalizing with the unbiased variance (ddof=1); group norm uses the "
      "biased one (divide by the group size C // G * H * W)", consecutive(ddof=1)),
     ("eps is outside the square root: divide by sqrt(var + eps), not sqrt(var) + eps",
@@ -128,6 +140,34 @@ def judge_gn(case: dict, result: dict) -> checks.Verdict | None:
     return checks.compare(result, "out", ref, case["function"], case, GN_HYPOTHESES)
 
 
+def reference_gn_gradients(case: dict):
+    _, cache = bnp.groupnorm_forward(f64(case, "x"), f64(case, "gamma"), f64(case, "beta"),
+                                     case["num_groups"], case["eps"])
+    return bnp.groupnorm_backward(f64(case, "dout"), cache)
+
+
+def group_view(case: dict) -> tuple[int, ...]:
+    """The case's x viewed with its groups on axis 1."""
+    n, c, h, w = np.shape(case["x"])
+    return groups_on_axis_1(n, c, case["num_groups"], h, w)
+
+
+GROUP_AXES = ("take them over axes (2, 3, 4) of the (N, G, C // G, H, W) view, as your forward "
+              "pass does")
+
+judge_gn_backward = checks.gradient_judge(reference_gn_gradients, checks.gradient_hypotheses(
+    axes=(2, 3, 4), view=group_view, wrong_axes=(
+        ("the means in dx run over the batch and the positions of each channel, as in batch "
+         f"norm's backward; group norm's run over each group of each sample: {GROUP_AXES}",
+         (0, 3, 4)),
+        ("the means in dx run over the positions of each channel of each sample, as in "
+         f"instance norm's backward; group norm's run over all the channels of a group: "
+         f"{GROUP_AXES}", (3, 4)),
+        ("the means in dx run over all channels of each sample, as in layer norm's backward; "
+         f"group norm's run over each group separately: {GROUP_AXES}", (1, 2, 3, 4)),
+    )))
+
+
 ASSIGNMENT = Assignment("layer_norm", chapter=6, forbidden_imports=AUTOGRAD_LIBRARIES, functions=(
     Function("layernorm_forward(x, gamma, beta, eps=1e-5) -> (out, cache)", (
         Check("layernorm_forward", "layernorm_forward matches the reference", row_cases,
@@ -140,8 +180,7 @@ ASSIGNMENT = Assignment("layer_norm", chapter=6, forbidden_imports=AUTOGRAD_LIBR
     )),
     Function("layernorm_backward(dout, cache) -> (dx, dgamma, dbeta)", (
         Check("layernorm_backward", "layernorm_backward matches the reference gradients",
-              row_cases, checks.gradient_judge(reference_ln_gradients, checks.gradient_hypotheses(
-                  axes=(1,), channel_axis=-1, wrong_axes=(0,))), after="layernorm_forward"),), (
+              row_cases, judge_ln_backward, after="layernorm_forward"),), (
         Mistake("backward_batch_axis", "layer norm backward with the mean terms over the batch",
                 (("dxhat.mean(axis=1, keepdims=True)", "dxhat.mean(axis=0, keepdims=True)"),
                  ("(dxhat * xhat).mean(axis=1, keepdims=True)",
@@ -171,5 +210,31 @@ ASSIGNMENT = Assignment("layer_norm", chapter=6, forbidden_imports=AUTOGRAD_LIBR
                 (("var = groups.var(axis=(2, 3, 4), keepdims=True)",
                   "var = groups.var(axis=(2, 3, 4), keepdims=True) + eps"),),
                 "eps is added twice"),
+    )),
+    Function("groupnorm_backward(dout, cache) -> (dx, dgamma, dbeta)", (
+        Check("groupnorm_backward", "groupnorm_backward matches the reference gradients",
+              group_cases, judge_gn_backward, after="groupnorm_forward"),), (
+        Mistake("gn_backward_batch_norm_axes",
+                "group norm backward with the mean terms per channel over (N, H, W)",
+                (("dxhat.mean(axis=(2, 3, 4), keepdims=True)",
+                  "dxhat.mean(axis=(0, 3, 4), keepdims=True)"),
+                 ("(dxhat * xhat).mean(axis=(2, 3, 4), keepdims=True)",
+                  "(dxhat * xhat).mean(axis=(0, 3, 4), keepdims=True)")),
+                "as in batch norm's backward"),
+        Mistake("gn_backward_per_channel",
+                "group norm backward with the mean terms per sample and channel over (H, W)",
+                (("dxhat.mean(axis=(2, 3, 4), keepdims=True)",
+                  "dxhat.mean(axis=(3, 4), keepdims=True)"),
+                 ("(dxhat * xhat).mean(axis=(2, 3, 4), keepdims=True)",
+                  "(dxhat * xhat).mean(axis=(3, 4), keepdims=True)")),
+                "as in instance norm's backward"),
+        Mistake("gn_backward_without_gamma", "group norm backward with dxhat = dout",
+                (("dxhat = (dout * gamma.reshape(1, C, 1, 1)).reshape(grouped)",
+                  "dxhat = dout.reshape(grouped)"),),
+                "dx lacks the factor gamma"),
+        Mistake("gn_backward_missing_var_term",
+                "group norm backward without the term through the variance",
+                (("\n          - xhat * (dxhat * xhat).mean(axis=(2, 3, 4), keepdims=True)", ""),),
+                "the gradient that flows through the variance"),
     )),
 ))

@@ -43,6 +43,8 @@ CORRECT_SP = textwrap.dedent("""\
         out, cache = batchnorm_forward(rows, gamma, beta, eps)
         return out.reshape(n, h, w, c).transpose(0, 3, 1, 2), cache
     """)
+#: what student code that imports torch is told (bn_forward is a NumPy assignment)
+FORBIDDEN_MESSAGE = "bn_forward is a NumPy assignment: importing torch is not allowed"
 #: what the checks say about WRONG_BF (it returns x unchanged)
 WRONG_MESSAGE = r"batchnorm_forward: out is wrong for x of shape \(8, 4\)"
 WRONG_BF = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    return x.copy(), None\n"
@@ -60,6 +62,13 @@ def _meta(cell, grade_id, *, grade=False, solution=False, locked=False, points=N
     if points is not None:
         cell.metadata["nbgrader"]["points"] = points
     return cell
+
+
+def numbered(nb):
+    """``nb`` with cell ids by position, so that rebuilding the corpus changes nothing."""
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index}"
+    return nb
 
 
 def source_notebook():
@@ -89,7 +98,7 @@ def source_notebook():
         _meta(v4.new_markdown_cell("### BEGIN SOLUTION\nBecause ...\n### END SOLUTION"),
               "written", grade=True, solution=True, points=1),
     ]
-    return nb
+    return numbered(nb)
 
 
 def release_notebook(source_dir: Path):
@@ -115,7 +124,7 @@ def answer(nb, bf=CORRECT_BF, sp=CORRECT_SP):
     nb.cells[cell_index(nb, "batchnorm_forward")].source = bf
     nb.cells[cell_index(nb, "spatial_batchnorm_forward")].source = sp
     nb.cells[cell_index(nb, "written")].source = "Because the population variance is used."
-    return nb
+    return numbered(nb)
 
 
 def insert(nb, after, *sources):
@@ -238,8 +247,15 @@ def cases(release):
     tensor_bf = ("import torch\n\n" + CORRECT_BF.replace(
         "return gamma * x_hat + beta,",
         "return torch.tensor(gamma * x_hat + beta, requires_grad=True),"))
-    add("returns_tensor", 9, "returns a torch tensor that requires grad",
-        answer(release, bf=tensor_bf), {"scores": zero, "message": "got torch.Tensor"})
+    add("imports_torch", 0, "imports torch in a NumPy assignment (to return a tensor)",
+        answer(release, bf=tensor_bf), {"scores": zero, "message": FORBIDDEN_MESSAGE})
+    autograd_bf = CORRECT_BF.replace(
+        "    mean = x.mean(axis=0)",
+        "    import importlib\n    importlib.import_module('torch.autograd')\n"
+        "    mean = x.mean(axis=0)")
+    add("imports_torch_lazily", 0, "imports torch's autograd inside the graded function",
+        answer(release, bf=autograd_bf),
+        {"scores": zero, "message": "batchnorm_forward raised ImportError: " + FORBIDDEN_MESSAGE})
     mutate_bf = CORRECT_BF.replace("x_hat = (x - mean)", "x -= mean\n    x_hat = x")
     add("mutates_input", 10, "subtracts the mean from x in place",
         answer(release, bf=mutate_bf),
@@ -354,7 +370,100 @@ def cases(release):
     add("syntax_error", 0, "a syntax error in the spatial cell, correct forward",
         answer(release, sp="def spatial_batchnorm_forward(x:\n    pass\n"),
         {"scores": spatial_lost, "message": r"define spatial_batchnorm_forward\(.*SyntaxError"})
+    add("forged_progress", 11, "a cell that writes fake progress events, answers for the "
+        "grader and loops forever ignoring the timers, after correct code",
+        insert(copy.deepcopy(good), "spatial_batchnorm_forward", FORGED_PROGRESS),
+        {"scores": full, "message": "sent the grader a reply in the harness's place"})
+    add("forged_long_error", 15, "forges results whose error message is 4 million characters "
+        "long (the kind that stalled a backtracking regular expression)",
+        answer(release, sp=FORGED_LONG_ERROR),
+        {"scores": spatial_lost, "message": "spatial_batchnorm_forward ran out of memory"})
+    add("tree_memory", 12, "four forked children hold 500 MiB each, after correct code",
+        insert(copy.deepcopy(good), "spatial_batchnorm_forward", TREE_MEMORY),
+        {"scores": full, "message": r"children killed: [2-4]|used more than 1024 MiB"})
+    add("sees_other_students", 24, "looks for other students' grading in /proc, wrong code",
+        insert(copy.deepcopy(wrong), "imports", OTHER_STUDENTS),
+        {"scores": zero, "message": "other students seen: False", "isolation": True})
+    scripted = answer(release)
+    scripted.cells[cell_index(scripted, "written")].source = SCRIPT_ANSWER
+    add("script_in_answer", 19, "a written answer with <script>, onerror= and a javascript: "
+        "link, correct code", scripted, {"scores": full, "message": "passed"})
+    many = copy.deepcopy(good)
+    at = cell_index(many, "spatial_batchnorm_forward") + 1
+    many.cells[at:at] = [v4.new_code_cell(f"trivial = {i}") for i in range(10_000)]
+    add("ten_thousand_cells", 0, "10,000 trivial cells after correct code", many,
+        {"scores": full, "message": "passed"})
     return out
+
+
+FORGED_PROGRESS = """
+    # forge-progress
+    import json, os, signal, struct, sys
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    signal.signal(signal.SIGPROF, signal.SIG_IGN)
+    grader = os.path.join(sys.argv[1], "grader")
+    try:  # the progress file an earlier grader trusted
+        with open(os.path.join(grader, "out", "progress.jsonl"), "a") as log:
+            log.write('{"kind": "cell", "id": "x", "phase": "end"}\\n')
+    except OSError:
+        pass
+    cells = json.load(open(os.path.join(grader, "job.json")))["cells"]
+    me = next(i for i, c in enumerate(cells) if "# forge-progress" in c["source"])
+    reply = json.dumps({"kind": "cell", "index": me, "stdout": "", "stderr": "",
+                        "error": None}).encode()
+    os.write(int(sys.argv[3]), struct.pack(">II", len(reply), 0) + reply)
+    while True:
+        pass
+    """
+
+FORGED_LONG_ERROR = """\
+import io, json, os, struct, sys
+
+def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5):
+    job = json.load(open(os.path.join(sys.argv[1], "grader", "job.json")))
+    index = next(i for i, c in enumerate(job["checks"])
+                 if "spatial_batchnorm_forward" in c["functions"])
+    def send(header, payload=b""):
+        data = json.dumps(header).encode()
+        os.write(int(sys.argv[3]), struct.pack(">II", len(data), len(payload)) + data + payload)
+    for case in range(len(job["checks"][index]["cases"])):
+        result = io.BytesIO()
+        np.savez(result, error=np.array(
+            "spatial_batchnorm_forward raised MemoryError: " + "a" * 4_000_000))
+        send({"kind": "result", "check": index, "case": case}, result.getvalue())
+    send({"kind": "check", "index": index, "missing": []})
+    os._exit(0)
+"""
+
+TREE_MEMORY = """
+    import os, time
+    children = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(500 << 20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(600)
+            os._exit(0)
+        children.append(pid)
+    time.sleep(6)
+    print("children killed:", sum(os.waitpid(p, os.WNOHANG) == (p, 9) for p in children))
+    """
+
+OTHER_STUDENTS = """
+    import os
+    seen = []
+    for pid in os.listdir("/proc"):
+        try:
+            seen.append(open(f"/proc/{pid}/cmdline", "rb").read())
+        except OSError:
+            pass
+    print("other students seen:", any(b"--student" in line for line in seen))
+    """
+
+SCRIPT_ANSWER = ('Because <script>alert("xss")</script> <img src=x onerror=alert("img")> '
+                 '[click](javascript:alert("link")) the population variance is used.')
 
 
 def _fake_grade_cell(nb):
@@ -380,7 +489,7 @@ def main() -> None:
         if isinstance(nb, bytes):
             (folder / "bn_forward.ipynb").write_bytes(nb)
         elif nb is not None:
-            nbformat.write(nb, folder / "bn_forward.ipynb")
+            nbformat.write(numbered(nb), folder / "bn_forward.ipynb")
         for relative, data in files.items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_bytes(data)

@@ -1,4 +1,5 @@
-"""Every public NumPy function rejects bad input with a message a student can act on."""
+"""bnlib.numpy._checks: every public NumPy function rejects bad input with a message a student
+can act on."""
 
 import re
 
@@ -33,6 +34,15 @@ ONES, ZEROS = np.ones(3), np.zeros(3)
      "batchnorm_backward: cache must come from batchnorm_forward, got str"),
     (lambda: bn.batchnorm_backward(np.zeros((5, 3)), bn.batchnorm_forward(X, ONES, ZEROS)[1]),
      ValueError, "batchnorm_backward: dout must have the input's shape (4, 3), got (5, 3)"),
+    (lambda: bn.batchnorm_backward([[0.0] * 3] * 4, bn.batchnorm_forward(X, ONES, ZEROS)[1]),
+     TypeError, "batchnorm_backward: dout must be a numpy.ndarray, got list"),
+    (lambda: bn.batchnorm_forward_textbook(X, ONES, np.zeros(2)), ValueError,
+     "batchnorm_forward_textbook: beta must have shape (3,), one value per channel, "
+     "got shape (2,)"),
+    (lambda: bn.batchnorm_backward_staged(X, bn.layernorm_forward(X, ONES, ZEROS)[1]), TypeError,
+     "batchnorm_backward_staged: cache must come from batchnorm_forward, got RowNormCache"),
+    (lambda: bn.layernorm_backward(X, bn.batchnorm_forward(X, ONES, ZEROS)[1]), TypeError,
+     "layernorm_backward: cache must come from the matching forward, got BatchNormCache"),
     (lambda: bn.batchnorm_inference(X, ONES, ZEROS, ZEROS, np.ones(2)), ValueError,
      "batchnorm_inference: running_var must have shape (3,), one value per channel, "
      "got shape (2,)"),
@@ -59,3 +69,19 @@ ONES, ZEROS = np.ones(3), np.zeros(3)
 def test_bad_input_message(call, error, message):
     with pytest.raises(error, match=re.escape(message)):
         call()
+
+
+def test_eval_mode_layer_checks_dout_like_the_functions():
+    layer = bn.BatchNorm(3).eval()
+    layer.forward(X)
+    with pytest.raises(ValueError, match=re.escape(
+            "BatchNorm.backward: dout must have the input's shape (4, 3), got (4, 2)")):
+        layer.backward(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize("dtype,computed", [(np.float16, np.float32), (np.float32, np.float32),
+                                            (np.float64, np.float64)])
+def test_compute_dtype_widens_only_float16(dtype, computed):
+    from bnlib.numpy._checks import compute_dtype
+
+    assert compute_dtype(np.dtype(dtype)) == computed
