@@ -432,12 +432,17 @@ def compare(result: dict, key: str, ref: np.ndarray, function: str, case: dict,
 def compare_number(result: dict, key: str, ref: float, function: str, case: dict,
                    hypotheses: list[Hypothesis] = (), unit: str = "") -> Verdict | None:
     """None when ``result[key]`` is a real number (int or float) that matches ``ref``; else a
-    verdict naming the mistake whose recomputed number matches, or saying how far it is."""
+    verdict naming the mistake whose recomputed number (or array: one number per row, say)
+    matches, or saying how far it is."""
     value = np.asarray(result.get(key, np.nan))
     if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value):
         kind = text(result, f"{key}.type") or "nothing"
-        return Verdict(False, f"{function} must return {key} as one finite number; got {kind} "
-                              f"{where(case)}")
+        problem = f"{function} must return {key} as one finite number; got {kind} {where(case)}"
+        numbers = value.ndim and value.dtype.kind in "iuf"
+        diagnosis = diagnose(value, case, list(hypotheses), no_facts) if numbers else ""
+        if diagnosis:
+            return Verdict(False, f"{problem}: {diagnosis}", diagnosed=True)
+        return Verdict(False, problem)
     got = float(value)
     if close(got, ref, case):
         return None

@@ -66,6 +66,9 @@ FRACTION_HYPOTHESES: list[checks.Hypothesis] = [
     ("that is the fraction of units that are NOT saturated, |z| <= threshold; return its "
      "complement, the mean of |z| > threshold",
      lambda case: 1.0 - saturated_fraction(f64(case, "z"), case["threshold"])),
+    ("that is the number of saturated entries; the fraction divides it by their total, "
+     "z.size: the mean of |z| > threshold",
+     lambda case: np.sum(np.abs(f64(case, "z")) > case["threshold"], dtype=np.float64)),
     (ONE_NUMBER.format(unit="one per unit (axis=0)"), over_axis(0)),
     (ONE_NUMBER.format(unit="one per sample (axis=1)"), over_axis(1)),
 ]
