@@ -14,8 +14,10 @@ another folder makes that folder a course of its own.
 import os
 
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.converters import GenerateAssignment
 from nbgrader.preprocessors import GetGrades
 
+from bnlib.grading.links import AbsoluteChapterLinks
 from bnlib.grading.pipeline import HideTestTracebacks, SanitizeStudentHTML, StripHiddenTests
 
 c = get_config()  # noqa: F821  (provided by traitlets when nbgrader loads this file)
@@ -36,6 +38,10 @@ c.CourseDirectory.db_url = "sqlite:///" + os.path.join(GRADING_ROOT, "gradebook.
 # Files nbgrader never copies into a release or a submission.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
 os.makedirs(GRADING_ROOT, exist_ok=True)
+
+# A release links its chapters on the published book (html.baseurl in _config.yml), so the
+# links work in a downloaded notebook and on Colab; then nbgrader's own steps.
+c.GenerateAssignment.preprocessors = [AbsoluteChapterLinks, *GenerateAssignment().preprocessors]
 
 # A release carries no solution, no hidden test and no output.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

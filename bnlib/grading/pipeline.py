@@ -312,13 +312,14 @@ def _explain_line(line: str, memory_mb: int) -> str:
     function = before.rsplit(" ", 1)[-1]
     if not found or not function.isidentifier():
         return line
-    exception, _, detail = after.partition(":")
+    place = after[after.rfind(", for "):] if ", for " in after else ""  # the check's "where"
+    exception, _, detail = after.removesuffix(place).partition(":")
     prefix = before[:len(before) - len(function)]
     if exception.rsplit(".", 1)[-1].endswith("MemoryError"):
-        return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB)"
+        return f"{prefix}{function} ran out of memory (the limit is {memory_mb} MiB){place}"
     if exception == "SystemExit":
         code = detail.strip().split(" ", 1)[0] or "0"
-        return (f"{prefix}{function} ended the process (exit code {code}): do not call "
+        return (f"{prefix}{function} ended the process (exit code {code}){place}: do not call "
                 "sys.exit() or exit() in graded code")
     return line
 

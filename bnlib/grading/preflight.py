@@ -23,6 +23,8 @@ from pathlib import Path
 import nbformat
 from nbformat import v4
 
+from bnlib.grading import links
+
 #: The nbgrader roles a reference cell dictates (what an edit of the metadata could change).
 _ROLES = ("grade", "solution", "locked", "task", "points")
 
@@ -328,8 +330,8 @@ def _restore_cell(nb, index: int, ref: ReferenceCell, report: Report) -> None:
         new["checksum"] = old["checksum"]
     cell.metadata["nbgrader"] = new
     if (ref.locked or ref.is_test) and cell.source != ref.source:
-        # the released copy of a test cell lacks its hidden tests: that is no edit
-        if cell.source.strip() != without_hidden_tests(ref.source).strip():
+        # the released copy lacks the hidden tests and links the published book: no edit
+        if cell.source.strip() != as_released(ref.source).strip():
             report.changes.append(f"{'test cell' if ref.is_test else 'read-only cell'} "
                                   f"{ref.grade_id!r} was edited: restored")
         cell.source = ref.source
@@ -339,9 +341,13 @@ _HIDDEN_BLOCK = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDD
                            re.MULTILINE | re.DOTALL)
 
 
-def without_hidden_tests(source: str) -> str:
-    """``source`` as nbgrader releases it: hidden-test blocks and their markers removed."""
-    return _HIDDEN_BLOCK.sub("", source)
+def as_released(source: str) -> str:
+    """``source`` as nbgrader releases it: hidden-test blocks and their markers removed,
+    links to chapters pointing at the published book."""
+    source = _HIDDEN_BLOCK.sub("", source)
+    if links.CHAPTER_LINK.search(source):
+        source = links.absolute_chapter_links(source, links.book_address())
+    return source
 
 
 def flag_bnlib_imports(nb, report: Report) -> None:

@@ -109,6 +109,12 @@ def test_process_errors_are_explained():
         "case 2: f ran out of memory (the limit is 512 MiB)")
     assert explain_process_errors("f raised SystemExit: 3", 512).startswith(
         "f ended the process (exit code 3)")
+    assert explain_process_errors("f raised MemoryError, for x of shape (4, 3) (eps = 1e-05)",
+                                  512) == ("f ran out of memory (the limit is 512 MiB), for x of "
+                                           "shape (4, 3) (eps = 1e-05)")
+    assert explain_process_errors("f raised SystemExit: 3, for x of shape (2, 2) (seed)",
+                                  512).startswith(
+        "f ended the process (exit code 3), for x of shape (2, 2) (seed): do not call")
     assert explain_process_errors("out is wrong\nf raised ValueError: no", 512) == (
         "out is wrong\nf raised ValueError: no")
 
