@@ -6,8 +6,10 @@ The experiments behind chapter 2 of the course:
   :func:`fit_polynomial` reproduce the toy regression of Shimodaira (2000): training inputs and
   test inputs come from different Gaussians, ``P(y | x)`` is the same, and weighting the
   training loss by ``p_test(x) / p_train(x)`` fixes the fit where the test data lie.
-- :func:`sigmoid_stack_gradients` backpropagates through a stack of ``linear -> (BN) ->
-  sigmoid`` layers and records, per layer, the gradient size and the mean sigmoid derivative.
+- :func:`saturated_fraction` measures how many sigmoid inputs lie in the flat tails;
+  :func:`sigmoid_stack_forward` runs a stack of ``linear -> (BN) -> sigmoid`` layers and
+  :func:`sigmoid_stack_gradients` backpropagates through it, recording per layer the gradient
+  size, the mean sigmoid derivative and the saturated fraction.
 - :func:`train_sigmoid_mlp` trains a small sigmoid network without normalization and records
   percentiles of one hidden layer's pre-activations at every step.
 """
@@ -30,6 +32,9 @@ __all__ = [
     "make_covariate_shift_data",
     "gaussian_density_ratio",
     "fit_polynomial",
+    "SATURATION_THRESHOLD",
+    "saturated_fraction",
+    "sigmoid_stack_forward",
     "sigmoid_stack_gradients",
     "DriftRecord",
     "train_sigmoid_mlp",
@@ -55,6 +60,26 @@ def sigmoid_derivative(z: np.ndarray) -> np.ndarray:
     """``sigmoid'(z) = sigmoid(z) (1 - sigmoid(z))``, elementwise; its maximum is 1/4, at 0."""
     s = sigmoid(z)
     return s * (1.0 - s)
+
+
+#: A sigmoid unit is saturated when ``|z| > 4``: there ``sigmoid'(z) < 0.018``.
+SATURATION_THRESHOLD = 4.0
+
+
+def saturated_fraction(z: np.ndarray, threshold: float = SATURATION_THRESHOLD) -> float:
+    """Fraction of the sigmoid inputs ``z`` (any shape) with ``|z| > threshold``.
+
+    Both tails count: a unit far below zero is as flat as one far above it. One number for the
+    whole array (a layer's pre-activations over the batch and the units).
+    """
+    if not isinstance(z, np.ndarray) or not np.issubdtype(z.dtype, np.floating):
+        raise TypeError(f"z must be a float numpy array, got {type(z).__name__}"
+                        + (f" of dtype {z.dtype}" if isinstance(z, np.ndarray) else ""))
+    if z.size == 0:
+        raise ValueError("z is empty: the saturated fraction of no units is undefined")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    return float(np.mean(np.abs(z) > threshold))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +180,38 @@ def fit_polynomial(
 # ---------------------------------------------------------------------------------------------
 
 
+def sigmoid_stack_forward(
+    h: np.ndarray, weights, use_batchnorm: bool = False
+) -> tuple[list[np.ndarray], list]:
+    """Run ``h <- sigmoid(BN?(h W))`` for each ``W`` in ``weights`` and keep what backward needs.
+
+    Args:
+        h: ``(N, D)`` input batch.
+        weights: ``(L, D, D)`` array (or a sequence of ``(D, D)`` arrays), layer 1 first.
+        use_batchnorm: put training-mode ``bnlib.numpy.batchnorm_forward`` with ``gamma = 1``,
+            ``beta = 0`` between ``h W`` and the sigmoid.
+
+    Returns:
+        ``(preacts, caches)``: the sigmoid input ``z`` of each layer, ``(N, D)`` each, and the
+        BN caches (``None`` without BN).
+    """
+    if h.ndim != 2:
+        raise ValueError(f"h must be 2-D (N, D), got shape {h.shape}")
+    width = h.shape[1]
+    gamma, beta = np.ones(width), np.zeros(width)
+    preacts, caches = [], []
+    for w in weights:
+        if w.shape != (width, width):
+            raise ValueError(f"each weight must have shape ({width}, {width}), got {w.shape}")
+        z, cache = h @ w, None
+        if use_batchnorm:
+            z, cache = batchnorm_forward(z, gamma, beta)
+        preacts.append(z)
+        caches.append(cache)
+        h = sigmoid(z)
+    return preacts, caches
+
+
 # Small matrices gain nothing from BLAS threads, and on a busy machine waiting threads
 # slow every product down by an order of magnitude.
 @threadpool_limits.wrap(limits=1, user_api="blas")
@@ -170,17 +227,16 @@ def sigmoid_stack_gradients(
 
     Weights are normal with mean 0 and variance ``weight_std^2 / width`` (``weight_std = 1`` is
     the usual ``1/sqrt(fan_in)`` scale); the input, of shape ``(batch_size, width)``, and the
-    gradient arriving at the output are standard normal. With ``use_batchnorm`` each pre-activation
-    goes through ``bnlib.numpy.batchnorm_forward`` with ``gamma = 1, beta = 0`` before the
-    sigmoid. Layer 1 is the first (closest to the input).
+    gradient arriving at the output are standard normal. The forward pass is
+    :func:`sigmoid_stack_forward`. Layer 1 is the first (closest to the input).
 
     Returns:
         dict of ``(depth,)`` float arrays:
 
         - ``grad_rms``: root-mean-square of ``dL/dh`` at the input of each layer,
         - ``mean_derivative``: mean of ``sigmoid'(z)`` over the batch and units of each layer,
-        - ``saturated_fraction``: fraction of sigmoid inputs with ``|z| > 4``
-          (``sigmoid'(z) < 0.018``),
+        - ``saturated_fraction``: :func:`saturated_fraction` of each layer's sigmoid inputs
+          (``|z| > 4``, where ``sigmoid'(z) < 0.018``),
         - ``preact_std``: standard deviation of the sigmoid input ``z``.
     """
     if depth < 1 or width < 1 or batch_size < 2:
@@ -188,17 +244,7 @@ def sigmoid_stack_gradients(
     rng = np.random.default_rng(seed)
     h = rng.standard_normal((batch_size, width))
     weights = [rng.normal(0.0, weight_std / np.sqrt(width), (width, width)) for _ in range(depth)]
-    gamma, beta = np.ones(width), np.zeros(width)
-    inputs, caches, preacts = [], [], []
-    for w in weights:
-        inputs.append(h)
-        z = h @ w
-        cache = None
-        if use_batchnorm:
-            z, cache = batchnorm_forward(z, gamma, beta)
-        caches.append(cache)
-        preacts.append(z)
-        h = sigmoid(z)
+    preacts, caches = sigmoid_stack_forward(h, weights, use_batchnorm)
 
     grad = rng.standard_normal(h.shape)  # dL/d(output of the last layer)
     grad_rms = np.empty(depth)
@@ -211,7 +257,7 @@ def sigmoid_stack_gradients(
     return {
         "grad_rms": grad_rms,
         "mean_derivative": np.array([sigmoid_derivative(z).mean() for z in preacts]),
-        "saturated_fraction": np.array([np.mean(np.abs(z) > 4.0) for z in preacts]),
+        "saturated_fraction": np.array([saturated_fraction(z) for z in preacts]),
         "preact_std": np.array([z.std() for z in preacts]),
     }
 

@@ -5,11 +5,14 @@ The experiments behind chapter 1 of the course:
 - :func:`train_softmax_regression` trains a softmax (multinomial logistic) regression with
   full-batch, stochastic (batch size 1) or mini-batch gradient descent and records the loss
   against epochs, parameter updates and compute time.
-- :func:`sample_batch_statistics` draws many mini-batches from a population and returns the
-  batch mean ``mu_B`` and the batch variance ``sigma_B^2`` of each one, the quantities Batch
-  Normalization computes in training mode.
+- :func:`draw_batches` draws many mini-batches from a population, :func:`batch_statistics`
+  returns the batch mean ``mu_B`` and the batch variance ``sigma_B^2`` of each one, the
+  quantities Batch Normalization computes in training mode (:func:`sample_batch_statistics`
+  does both).
 - :func:`std_of_batch_mean` and :func:`std_of_batch_variance` give the theoretical spread of
-  these estimators, :func:`expected_biased_variance` the bias of the ``1/N`` variance.
+  these estimators, :func:`expected_biased_variance` the bias of the ``1/N`` variance;
+  :func:`sampled_spread` measures the three over many batches, :func:`predicted_spread`
+  evaluates the formulas with a population's moments.
 
 As in the book, ``N`` is the batch size (the number of samples in a mini-batch).
 """
@@ -28,10 +31,14 @@ __all__ = [
     "SoftmaxHistory",
     "softmax_cross_entropy",
     "train_softmax_regression",
+    "draw_batches",
+    "batch_statistics",
     "sample_batch_statistics",
     "std_of_batch_mean",
     "std_of_batch_variance",
     "expected_biased_variance",
+    "sampled_spread",
+    "predicted_spread",
     "estimator_spread",
     "plot_training_histories",
     "plot_estimator_spread",
@@ -53,6 +60,19 @@ def _check_population(population) -> np.ndarray:
     if not np.issubdtype(population.dtype, np.floating):
         raise TypeError(f"population must hold floats, got dtype {population.dtype}")
     return population.astype(np.float64)
+
+
+def _check_batches(batches) -> np.ndarray:
+    if not isinstance(batches, np.ndarray):
+        raise TypeError(f"batches must be a numpy array, got {type(batches).__name__}")
+    if batches.ndim != 2 or batches.size == 0:
+        raise ValueError(
+            f"batches must be 2-D (num_draws, N) with one mini-batch per row, got shape "
+            f"{batches.shape}"
+        )
+    if not np.issubdtype(batches.dtype, np.floating):
+        raise TypeError(f"batches must hold floats, got dtype {batches.dtype}")
+    return batches.astype(np.float64)
 
 
 def _check_batch_size(batch_size) -> int:
@@ -233,13 +253,13 @@ def plot_training_histories(histories: list[SoftmaxHistory]) -> plt.Figure:
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_batch_statistics(
+def draw_batches(
     population: np.ndarray, batch_size: int, num_draws: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``num_draws`` mini-batches and return the BN statistics of each one.
+) -> np.ndarray:
+    """``num_draws`` mini-batches of ``batch_size`` values of one feature, one per row.
 
-    Each batch holds ``batch_size`` values drawn independently and uniformly, with replacement,
-    from ``population`` (so the draws are i.i.d. with the population's distribution).
+    The values are drawn independently and uniformly, with replacement, from ``population``
+    (so the draws are i.i.d. with the population's distribution).
 
     Args:
         population: ``(P,)`` float array, the values of one feature over the whole data set.
@@ -248,17 +268,37 @@ def sample_batch_statistics(
         seed: seed of the random generator.
 
     Returns:
-        ``(means, variances)``, each ``(num_draws,)`` float64:
-        ``mu_B = (1/N) sum_i x_i`` and the biased ``sigma_B^2 = (1/N) sum_i (x_i - mu_B)^2``,
-        as in Batch Normalization.
+        ``(num_draws, N)`` float64 array.
     """
     values = _check_population(population)
     batch_size = _check_batch_size(batch_size)
     if num_draws < 1:
         raise ValueError(f"num_draws must be at least 1, got {num_draws}")
     rng = np.random.default_rng(seed)
-    batches = values[rng.integers(0, values.size, size=(num_draws, batch_size))]
-    return batches.mean(axis=1), batches.var(axis=1)  # np.var uses 1/N by default (ddof=0)
+    return values[rng.integers(0, values.size, size=(num_draws, batch_size))]
+
+
+def batch_statistics(batches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics Batch Normalization computes in training mode, for each mini-batch.
+
+    Args:
+        batches: ``(num_draws, N)`` float array, one mini-batch of one feature per row.
+
+    Returns:
+        ``(means, variances)``, each ``(num_draws,)`` float64:
+        ``mu_B = (1/N) sum_i x_i`` and the biased ``sigma_B^2 = (1/N) sum_i (x_i - mu_B)^2``
+        of each row.
+    """
+    values = _check_batches(batches)
+    return values.mean(axis=1), values.var(axis=1)  # np.var uses 1/N by default (ddof=0)
+
+
+def sample_batch_statistics(
+    population: np.ndarray, batch_size: int, num_draws: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`batch_statistics` of :func:`draw_batches` ``(population, batch_size, num_draws,
+    seed)``: ``(means, variances)``, each ``(num_draws,)`` float64."""
+    return batch_statistics(draw_batches(population, batch_size, num_draws, seed))
 
 
 def std_of_batch_mean(sigma: float, batch_size) -> np.ndarray:
@@ -302,34 +342,66 @@ def expected_biased_variance(sigma2: float, batch_size) -> np.ndarray:
     return (b - 1.0) / b * sigma2
 
 
+def sampled_spread(batches: np.ndarray) -> tuple[float, float, float]:
+    """The spread of BN's batch statistics, measured over many mini-batches.
+
+    Args:
+        batches: ``(num_draws, N)`` float array, one mini-batch of one feature per row.
+
+    Returns:
+        ``(std_mean, mean_var, std_var)``: the standard deviation of ``mu_B`` over the draws,
+        the average of the biased ``sigma_B^2`` and its standard deviation (``np.std``'s,
+        which divides by the number of draws).
+    """
+    means, variances = batch_statistics(batches)
+    return float(means.std()), float(variances.mean()), float(variances.std())
+
+
+def predicted_spread(
+    population: np.ndarray, batch_sizes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the formulas predict for batches of ``N`` i.i.d. draws from ``population``.
+
+    ``sigma^2 = population.var()`` and ``mu4 = mean((population - mean)^4)`` are the moments of
+    the population itself (every value of the feature, so no Bessel's correction).
+
+    Returns:
+        ``(std_mean, mean_var, std_var)``, each ``(len(batch_sizes),)`` float64:
+        :func:`std_of_batch_mean`, :func:`expected_biased_variance` and
+        :func:`std_of_batch_variance` of the biased ``sigma_B^2``, for each ``N >= 2``.
+    """
+    values = _check_population(population)
+    sizes = np.asarray(batch_sizes, dtype=np.int64)
+    sigma2 = values.var()
+    mu4 = np.mean((values - values.mean()) ** 4)
+    return (std_of_batch_mean(np.sqrt(sigma2), sizes), expected_biased_variance(sigma2, sizes),
+            std_of_batch_variance(sigma2, mu4, sizes))
+
+
 def estimator_spread(
     population: np.ndarray, batch_sizes, num_draws: int = 4000, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Measured and theoretical spread of ``mu_B`` and ``sigma_B^2`` for several batch sizes.
 
-    Returns a dict of ``(len(batch_sizes),)`` arrays: ``batch_sizes``; ``std_mean`` and
-    ``std_var`` (standard deviation over ``num_draws`` batches of ``mu_B`` and of the biased
-    ``sigma_B^2``); ``mean_var`` (average of ``sigma_B^2``); and the formulas evaluated with the
-    population moments: ``theory_std_mean``, ``theory_std_var``, ``theory_mean_var``.
+    Returns a dict of ``(len(batch_sizes),)`` arrays: ``batch_sizes``; ``std_mean``,
+    ``mean_var`` and ``std_var`` (:func:`sampled_spread` over ``num_draws`` batches of each
+    size); and the formulas evaluated with the population moments (:func:`predicted_spread`):
+    ``theory_std_mean``, ``theory_mean_var``, ``theory_std_var``.
     """
     values = _check_population(population)
     sizes = np.asarray(batch_sizes, dtype=np.int64)
-    std_mean, std_var, mean_var = [], [], []
-    for i, size in enumerate(sizes):
-        means, variances = sample_batch_statistics(values, int(size), num_draws, seed=seed + i)
-        std_mean.append(means.std())
-        std_var.append(variances.std())
-        mean_var.append(variances.mean())
-    sigma2 = values.var()
-    mu4 = np.mean((values - values.mean()) ** 4)
+    measured = [sampled_spread(draw_batches(values, int(size), num_draws, seed + i))
+                for i, size in enumerate(sizes)]
+    std_mean, mean_var, std_var = (np.array(column) for column in zip(*measured, strict=True))
+    theory_std_mean, theory_mean_var, theory_std_var = predicted_spread(values, sizes)
     return {
         "batch_sizes": sizes,
-        "std_mean": np.array(std_mean),
-        "std_var": np.array(std_var),
-        "mean_var": np.array(mean_var),
-        "theory_std_mean": std_of_batch_mean(np.sqrt(sigma2), sizes),
-        "theory_std_var": std_of_batch_variance(sigma2, mu4, sizes),
-        "theory_mean_var": expected_biased_variance(sigma2, sizes),
+        "std_mean": std_mean,
+        "mean_var": mean_var,
+        "std_var": std_var,
+        "theory_std_mean": theory_std_mean,
+        "theory_mean_var": theory_mean_var,
+        "theory_std_var": theory_std_var,
     }
 
 

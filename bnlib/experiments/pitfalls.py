@@ -18,12 +18,13 @@ from threadpoolctl import threadpool_limits
 
 from bnlib.experiments.roofline import byte_model, median_seconds
 from bnlib.experiments.running_stats import BNMLP, accuracy, train_mlp
-from bnlib.numpy import batchnorm_forward
+from bnlib.numpy import batchnorm_forward, reduction_axes
 
 __all__ = [
     "normalize_with_variance",
     "normalize_with_unbiased_variance",
     "skewness_before_after",
+    "identity_parameters",
     "plot_skewed_feature",
     "RegularizationResult",
     "regularization_experiment",
@@ -64,6 +65,20 @@ def skewness_before_after(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = x.shape[1]
     out, _ = batchnorm_forward(x, np.ones(d, x.dtype), np.zeros(d, x.dtype))
     return stats.skew(x, axis=0), stats.skew(out, axis=0)
+
+
+def identity_parameters(x: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """The gamma and beta with which training-mode BN gives back this batch unchanged.
+
+    ``x``: (N, C) or (N, C, *spatial); returns ``(gamma, beta)``, each (C,): ``gamma =
+    sqrt(var + eps)``, the standard deviation BN divides by (not the variance), and ``beta =
+    mean``, with the biased variance and the mean over every axis but 1. Then
+    ``batchnorm_forward(x, gamma, beta, eps)[0]`` equals ``x``: BN can undo itself.
+    """
+    if not isinstance(x, np.ndarray) or x.ndim < 2:
+        raise ValueError("x must be a numpy array of shape (N, C) or (N, C, *spatial)")
+    axes = reduction_axes(x)
+    return np.sqrt(x.var(axis=axes) + eps), x.mean(axis=axes)
 
 
 def plot_skewed_feature(n: int = 2000, seed: int = 0) -> Figure:

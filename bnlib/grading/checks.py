@@ -248,10 +248,23 @@ def text(result: dict, key: str) -> str:
     return str(np.asarray(result[key]).item()) if key in result else ""
 
 
+def main_input(case: dict) -> str | None:
+    """The input array a failure is located by: x, batches or W, else the graded function's
+    first parameter when it is an array (``z`` of ``saturated_fraction(z, threshold=4.0)``)."""
+    for key in ("x", "batches", "W"):
+        if key in case:
+            return key
+    try:
+        first = parse_signature(str(case.get("signature")))[1][:1]
+    except ValueError:  # a class, declared by a sentence
+        return None
+    return first[0] if first and isinstance(case.get(first[0]), np.ndarray) else None
+
+
 def where(case: dict) -> str:
     """Where a failure happened, e.g. 'for x of shape (8, 4) (eps = 1e-05)'; a case without an
     input array is named by its label alone, e.g. 'for lr = 0.5, weight_decay = 0.01'."""
-    key = next((k for k in ("x", "batches", "W") if k in case), None)
+    key = main_input(case)
     if key is None:
         return f"for {case['label']}"
     return f"for {key} of shape {tuple(np.shape(case[key]))} ({case['label']})"
@@ -304,7 +317,7 @@ def wrong_structure(result: dict, key: str, function: str,
 
 def case_dtype(case: dict) -> np.dtype:
     """The dtype every output must have: the dtype of the main input."""
-    return np.asarray(case[next(k for k in ("x", "batches", "W") if k in case)]).dtype
+    return np.asarray(case[main_input(case)]).dtype
 
 
 def close(got: np.ndarray, ref: np.ndarray, tolerance: dict) -> bool:
@@ -419,12 +432,17 @@ def compare(result: dict, key: str, ref: np.ndarray, function: str, case: dict,
 def compare_number(result: dict, key: str, ref: float, function: str, case: dict,
                    hypotheses: list[Hypothesis] = (), unit: str = "") -> Verdict | None:
     """None when ``result[key]`` is a real number (int or float) that matches ``ref``; else a
-    verdict naming the mistake whose recomputed number matches, or saying how far it is."""
+    verdict naming the mistake whose recomputed number (or array: one number per row, say)
+    matches, or saying how far it is."""
     value = np.asarray(result.get(key, np.nan))
     if value.shape != () or value.dtype.kind not in "iuf" or not np.isfinite(value):
         kind = text(result, f"{key}.type") or "nothing"
-        return Verdict(False, f"{function} must return {key} as one finite number; got {kind} "
-                              f"{where(case)}")
+        problem = f"{function} must return {key} as one finite number; got {kind} {where(case)}"
+        numbers = value.ndim and value.dtype.kind in "iuf"
+        diagnosis = diagnose(value, case, list(hypotheses), no_facts) if numbers else ""
+        if diagnosis:
+            return Verdict(False, f"{problem}: {diagnosis}", diagnosed=True)
+        return Verdict(False, problem)
     got = float(value)
     if close(got, ref, case):
         return None

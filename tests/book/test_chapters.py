@@ -16,15 +16,15 @@ from .conftest import ROOT, toc_documents
 
 # name -> (label, number, exercise or None), as the book's plan fixes them.
 CHAPTERS = {
-    "01_minibatches": ("ch-minibatches", 1, None),
-    "02_covariate_shift": ("ch-covariate-shift", 2, None),
+    "01_minibatches": ("ch-minibatches", 1, "batch_statistics"),
+    "02_covariate_shift": ("ch-covariate-shift", 2, "saturation"),
     "03_bn_algorithm": ("ch-bn-algorithm", 3, "bn_forward"),
     "04_backprop": ("ch-backprop", 4, "bn_backward"),
     "05_inference": ("ch-inference", 5, "bn_inference"),
     "06_layer_norm": ("ch-layer-norm", 6, "layer_norm"),
     "07_why_bn_works": ("ch-why-bn", 7, "scale_invariance"),
     "08_gpu": ("ch-gpu", 8, "bn_torch"),
-    "09_myths": ("ch-myths", 9, None),
+    "09_myths": ("ch-myths", 9, "bn_pitfalls"),
 }
 REFERENCE_PAGES = {"glossary": "glossary", "bibliography": "bibliography", "api": "api"}
 BOOK_FILES = [ROOT / "intro.md"] + [ROOT / "chapters" / f"{name}.md"

@@ -1,4 +1,4 @@
-"""The five assignments through the real nbgrader CLI and gradebook (see conftest.py)."""
+"""The assignments through the real nbgrader CLI and gradebook (see conftest.py)."""
 
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ from bnlib.experiments.activations import (
     plot_percentiles,
     plot_sigmoid,
     plot_stack_gradients,
+    saturated_fraction,
     sigmoid,
     sigmoid_derivative,
+    sigmoid_stack_forward,
     sigmoid_stack_gradients,
     train_sigmoid_mlp,
     true_function,
@@ -108,6 +110,47 @@ def test_importance_weighting_lowers_the_test_error_of_a_line():
 
 
 # --- gradients through sigmoid stacks -------------------------------------------------------
+
+
+def test_saturated_fraction_counts_both_tails_strictly_beyond_the_threshold():
+    z = np.array([[-5.0, -4.0, 0.0], [3.9, 4.0, 4.1]])
+    assert saturated_fraction(z) == pytest.approx(2 / 6)  # -5 and 4.1; exactly 4 is not beyond
+    assert saturated_fraction(z, threshold=3.0) == pytest.approx(5 / 6)
+    assert sigmoid_derivative(np.array(4.0)) < 0.018  # why 4 is the default
+
+
+def test_saturated_fraction_rejects_bad_input():
+    with pytest.raises(TypeError, match="z must be a float numpy array, got list"):
+        saturated_fraction([1.0, 5.0])
+    with pytest.raises(TypeError, match="got ndarray of dtype int64"):
+        saturated_fraction(np.arange(3))
+    with pytest.raises(ValueError, match="z is empty"):
+        saturated_fraction(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="threshold must be positive, got 0"):
+        saturated_fraction(np.ones(3), threshold=0)
+
+
+@pytest.mark.parametrize("use_batchnorm", [False, True])
+def test_sigmoid_stack_forward_feeds_each_layer_the_sigmoid_of_the_last(use_batchnorm):
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((32, 8))
+    weights = rng.normal(0.0, 4.0 / np.sqrt(8), (3, 8, 8))
+    preacts, caches = sigmoid_stack_forward(h, weights, use_batchnorm)
+    assert len(preacts) == len(caches) == 3
+    assert all((cache is None) != use_batchnorm for cache in caches)
+    inputs = [h] + [sigmoid(z) for z in preacts[:-1]]
+    for layer_input, w, z in zip(inputs, weights, preacts, strict=True):
+        expected = layer_input @ w
+        if use_batchnorm:
+            expected = (expected - expected.mean(axis=0)) / np.sqrt(expected.var(axis=0) + 1e-5)
+        np.testing.assert_allclose(z, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_sigmoid_stack_forward_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"h must be 2-D \(N, D\), got shape \(4,\)"):
+        sigmoid_stack_forward(np.ones(4), np.ones((1, 4, 4)))
+    with pytest.raises(ValueError, match=r"each weight must have shape \(4, 4\), got \(4, 3\)"):
+        sigmoid_stack_forward(np.ones((2, 4)), np.ones((1, 4, 3)))
 
 
 def test_sigmoid_stack_gradient_vanishes_towards_the_input_without_bn():

@@ -10,11 +10,15 @@ import pytest
 
 from bnlib.experiments.batch_stats import (
     SoftmaxHistory,
+    batch_statistics,
+    draw_batches,
     estimator_spread,
     expected_biased_variance,
     plot_estimator_spread,
     plot_training_histories,
+    predicted_spread,
     sample_batch_statistics,
+    sampled_spread,
     softmax_cross_entropy,
     std_of_batch_mean,
     std_of_batch_variance,
@@ -161,6 +165,48 @@ def test_sample_batch_statistics_computes_mean_and_biased_variance():
     np.testing.assert_allclose(
         variances, ((batches - batches.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / 4
     )
+
+
+def test_batch_statistics_are_each_rows_mean_and_biased_variance():
+    batches = np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 6.0]])
+    means, variances = batch_statistics(batches)
+    np.testing.assert_allclose(means, [2.0, 2.0, 3.0])
+    np.testing.assert_allclose(variances, [1.0, 0.0, 9.0])  # divided by N = 2, not N - 1
+
+
+def test_batch_statistics_rejects_bad_input():
+    with pytest.raises(TypeError, match="batches must be a numpy array, got list"):
+        batch_statistics([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"batches must be 2-D \(num_draws, N\).*got shape \(3,\)"):
+        batch_statistics(np.ones(3))
+    with pytest.raises(TypeError, match="batches must hold floats, got dtype int64"):
+        batch_statistics(np.ones((2, 2), dtype=np.int64))
+
+
+def test_draw_batches_is_seeded_and_draws_from_the_population():
+    population = np.array([0.0, 1.0, 5.0])
+    batches = draw_batches(population, 4, 30, seed=1)
+    assert batches.shape == (30, 4) and set(np.unique(batches)) <= {0.0, 1.0, 5.0}
+    np.testing.assert_array_equal(batches, draw_batches(population, 4, 30, seed=1))
+    assert not np.array_equal(batches, draw_batches(population, 4, 30, seed=2))
+
+
+def test_sampled_spread_is_the_spread_over_the_rows():
+    batches = np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 6.0]])
+    std_mean, mean_var, std_var = sampled_spread(batches)
+    assert std_mean == pytest.approx(np.std([2.0, 2.0, 3.0]))  # divided by the 3 draws
+    assert mean_var == pytest.approx(10.0 / 3)
+    assert std_var == pytest.approx(np.std([1.0, 0.0, 9.0]))
+
+
+def test_predicted_spread_evaluates_the_formulas_with_the_population_moments():
+    population = np.array([1.0, 2.0, 2.0, 7.0])  # mean 3, sigma^2 = 5.5, mu4 = 68.5
+    sizes = np.array([2, 5])
+    std_mean, mean_var, std_var = predicted_spread(population, sizes)
+    np.testing.assert_allclose(std_mean, np.sqrt(5.5 / sizes))
+    np.testing.assert_allclose(mean_var, (sizes - 1) / sizes * 5.5)
+    unbiased = (68.5 - (sizes - 3) / (sizes - 1) * 5.5**2) / sizes
+    np.testing.assert_allclose(std_var, (sizes - 1) / sizes * np.sqrt(unbiased))
 
 
 @pytest.mark.parametrize("batch_size", [2, 8, 64])

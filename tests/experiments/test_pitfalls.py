@@ -13,6 +13,7 @@ from bnlib.experiments.pitfalls import (
     RegularizationResult,
     bn_cost_model,
     finetune_small_batches,
+    identity_parameters,
     normalize_with_unbiased_variance,
     normalize_with_variance,
     plot_hidden_distribution,
@@ -47,6 +48,24 @@ def test_unbiased_variance_normalization_gives_variance_m_minus_one_over_m(m):
     np.testing.assert_allclose(wrong.var(axis=0), (m - 1) / m, rtol=1e-12)
     right, _ = batchnorm_forward(x, np.ones(5), np.zeros(5), eps=1e-12)
     np.testing.assert_allclose(right.var(axis=0), 1.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 2, 3, 5)])
+def test_identity_parameters_make_bn_give_the_batch_back(shape):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape) * rng.uniform(0.1, 5.0, shape[1]).reshape(
+        (1, -1) + (1,) * (len(shape) - 2)) + 3.0
+    gamma, beta = identity_parameters(x, eps=0.25)
+    axes = (0, *range(2, len(shape)))
+    np.testing.assert_allclose(gamma, np.sqrt(x.var(axis=axes) + 0.25), rtol=1e-12)
+    np.testing.assert_allclose(beta, x.mean(axis=axes), rtol=1e-12)
+    out, _ = batchnorm_forward(x, gamma, beta, eps=0.25)
+    np.testing.assert_allclose(out, x, rtol=1e-12, atol=1e-12)
+
+
+def test_identity_parameters_reject_a_single_axis():
+    with pytest.raises(ValueError, match=r"x must be a numpy array of shape \(N, C\)"):
+        identity_parameters(np.ones(4))
 
 
 def test_bn_keeps_the_skewness_of_a_skewed_feature():
