@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
+from bnlib.experiments.progress import progress_bar
 from bnlib.numpy import batchnorm_backward, batchnorm_forward
 
 __all__ = [
@@ -345,7 +345,7 @@ def train_sigmoid_mlp(
         return activations, preacts, activations[-1] @ weights[-1] + biases[-1]
 
     unit_pct, layer_pct, losses = [], [], []
-    for _ in tqdm(range(steps), desc="sigmoid MLP", disable=not progress):
+    for _ in progress_bar(range(steps), "sigmoid MLP" if progress else None):
         _, probe_preacts, _ = forward(x_probe)
         watched = probe_preacts[layer_index]
         unit_pct.append(np.percentile(watched[:, unit], [15, 50, 85]))

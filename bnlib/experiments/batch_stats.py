@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import matplotlib.pyplot as plt
 import numpy as np
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
+
+from bnlib.experiments.progress import progress_bar
 
 __all__ = [
     "SoftmaxHistory",
@@ -209,7 +210,7 @@ def train_softmax_regression(
 
     updates, seconds = 0, 0.0
     record(0.0, 0, 0.0)
-    for epoch in tqdm(range(epochs), desc=f"batch size {batch_size}", disable=not progress):
+    for epoch in progress_bar(range(epochs), f"batch size {batch_size}" if progress else None):
         order = rng.permutation(n)
         for b in range(batches_per_epoch):
             # CPU time of this thread: unlike wall-clock time, it does not grow when other

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import MLP, _descend, _training_batches, build_mlp
 
 __all__ = [
@@ -214,7 +214,7 @@ def train_with_diagnostics(
     losses, saturated, ratios = [], [], []
     hook = _TanhOutputs(model)
     try:
-        for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+        for _ in progress_bar(range(steps), progress, leave=False):
             x, y = next(batches)
             hook.outputs.clear()
             before = [w.detach().clone() for w in weights]

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 import bnlib.torch
+from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import (
     MLP,
     _descend,
@@ -426,7 +426,7 @@ def train_relatives(
     """
     accuracy = np.full((len(kinds), len(seeds)), np.nan)
     runs = [(k, kind, s, seed) for k, kind in enumerate(kinds) for s, seed in enumerate(seeds)]
-    for k, kind, s, seed in tqdm(runs, desc=progress, disable=progress is None, leave=False):
+    for k, kind, s, seed in progress_bar(runs, progress, leave=False):
         model = build_relative_mlp(kind, seed=seed, norm_options=norm_options,
                                    **(model_options or {}))
         history = train(model, data, seed=seed, **train_options)
@@ -475,7 +475,7 @@ def train_on_batches(model: MLP, data, batches, *, steps: int, lr: float = 1e-3,
     torch.set_num_threads(1)
     model.train()
     opt = _make_optimizer(optimizer, model.parameters(), lr)
-    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+    for _ in progress_bar(range(steps), progress, leave=False):
         x, y = next(batches)
         _descend(opt, nn.functional.cross_entropy(model(x), y))
     return evaluate_accuracy(model, data)
@@ -502,8 +502,7 @@ def train_non_iid(
     accuracy = np.full((len(classes_per_batch), len(kinds), len(seeds)), np.nan)
     runs = [(p, classes, k, kind, s, seed) for p, classes in enumerate(classes_per_batch)
             for k, kind in enumerate(kinds) for s, seed in enumerate(seeds)]
-    for p, classes, k, kind, s, seed in tqdm(runs, desc=progress, disable=progress is None,
-                                             leave=False):
+    for p, classes, k, kind, s, seed in progress_bar(runs, progress, leave=False):
         model = build_relative_mlp(kind, seed=seed, **(model_options or {}))
         batches = class_grouped_batches(data, batch_size, classes, seed=seed)
         accuracy[p, k, s] = train_on_batches(model, data, batches, steps=steps)

@@ -28,9 +28,9 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import bnlib.torch
+from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import _descend, _training_batches, evaluate_accuracy
 
 __all__ = [
@@ -165,7 +165,7 @@ def train_residual(kind: str, data, *, depth: int = 50, width: int = 100, steps:
     batches = _training_batches(data, batch_size, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses, diverged = [], False
-    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+    for _ in progress_bar(range(steps), progress, leave=False):
         x, y = next(batches)
         loss = nn.functional.cross_entropy(model(x), y)
         _descend(opt, loss)

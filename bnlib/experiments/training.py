@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from bnlib.experiments.progress import progress_bar
 
 __all__ = [
     "ACTIVATIONS",
@@ -383,7 +384,7 @@ def train(
     accuracy, percentiles = _evaluate(model, x_test, y_test, unit)
     record_steps, accuracies, losses, quantiles = [0], [accuracy], [math.nan], [percentiles]
     running_loss, since_record, diverged = 0.0, 0, False
-    for step in tqdm(range(1, steps + 1), desc=progress, disable=progress is None, leave=False):
+    for step in progress_bar(range(1, steps + 1), progress, leave=False):
         x, y = next(batches)
         loss = nn.functional.cross_entropy(model(x), y)
         if not torch.isfinite(loss):
@@ -492,7 +493,7 @@ def learning_rate_sweep(
     accuracy = np.full((len(norms), len(learning_rates)), np.nan)
     loss = np.full_like(accuracy, np.inf)
     runs = [(k, n, i, lr) for k, n in enumerate(norms) for i, lr in enumerate(learning_rates)]
-    for k, norm, i, lr in tqdm(runs, desc="learning rates", disable=not progress, leave=False):
+    for k, norm, i, lr in progress_bar(runs, "learning rates" if progress else None, leave=False):
         model = build_mlp(norm, seed=seed, **model_options)
         history = train(
             model, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=steps
@@ -575,8 +576,9 @@ def batch_size_sweep(
         for k, b, s in cells
     ]
     results = _run_all(jobs, workers)
-    for cell, result in tqdm(zip(cells, results, strict=True), total=len(cells), desc="batch sizes",
-                             disable=not progress, leave=False):
+    described = "batch sizes" if progress else None  # results arrive as the runs finish
+    for cell, result in progress_bar(zip(cells, results, strict=True), described,
+                                     total=len(cells), leave=False):
         accuracy[cell] = result
     return {"norms": tuple(norms), "batch_sizes": sizes, "learning_rates": learning_rates,
             "accuracy": accuracy}
@@ -677,7 +679,7 @@ def loss_smoothness(
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     etas = np.array(step_sizes, dtype=np.float64)
     record_steps, losses, changes, gradient_norms = [], [], [], []
-    for step in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+    for step in progress_bar(range(steps), progress, leave=False):
         x, y = next(batches)
         if step % measure_every == 0:
             loss, gradient = _loss_and_gradient(model, x, y)
@@ -838,7 +840,7 @@ def weight_norm_dynamics(
     opt = torch.optim.SGD([{"params": decayed, "weight_decay": weight_decay},
                            {"params": others}], lr=lr)
     norms, angles, losses = [weight.norm(dim=1).mean().item()], [], []
-    for _ in tqdm(range(steps), desc=progress, disable=progress is None, leave=False):
+    for _ in progress_bar(range(steps), progress, leave=False):
         x, y = next(batches)
         before = weight.detach().clone()
         loss = nn.functional.cross_entropy(model(x), y)
