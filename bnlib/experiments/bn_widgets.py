@@ -66,13 +66,8 @@ def _stat_ranges(population: np.ndarray) -> tuple[tuple[float, float], tuple[flo
     return mean_range, var_range
 
 
-def draw_batch_statistics(
-    axes: Sequence[plt.Axes],
-    population: np.ndarray,
-    batch_size: int,
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+def draw_batch_statistics(axes: Sequence[plt.Axes], population: np.ndarray, batch_size: int,
+                          num_draws: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Histogram ``mu_B`` on ``axes[0]`` and the biased ``sigma_B^2`` on ``axes[1]``.
 
     The batches come from :func:`bnlib.experiments.batch_stats.sample_batch_statistics`.
@@ -113,12 +108,8 @@ def draw_batch_statistics(
     return means, variances
 
 
-def batch_size_widget(
-    population: np.ndarray,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> widgets.VBox:
+def batch_size_widget(population: np.ndarray, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                      num_draws: int = 2000, seed: int = 0) -> widgets.VBox:
     """A batch-size slider over ``batch_sizes`` and the two histograms of
     :func:`draw_batch_statistics` for the chosen size.
 
@@ -146,12 +137,8 @@ def batch_size_widget(
     return widgets.VBox([slider, output])
 
 
-def plot_batch_size_grid(
-    population: np.ndarray,
-    batch_sizes: Sequence[int] = (2, 8, 32, 128),
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> plt.Figure:
+def plot_batch_size_grid(population: np.ndarray, batch_sizes: Sequence[int] = (2, 8, 32, 128),
+                         num_draws: int = 2000, seed: int = 0) -> plt.Figure:
     """Small multiples: one column per batch size, ``mu_B`` on top and ``sigma_B^2`` below."""
     fig, axes = plt.subplots(2, len(batch_sizes), figsize=(3.2 * len(batch_sizes), 5.2))
     axes = np.asarray(axes).reshape(2, len(batch_sizes))
@@ -168,9 +155,8 @@ def plot_batch_size_grid(
 # ---------------------------------------------------------------------------------------------
 
 
-def bn_transform_feature(
-    x: np.ndarray, feature: int, gamma: float, beta: float, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
+def bn_transform_feature(x: np.ndarray, feature: int, gamma: float, beta: float,
+                         eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Batch-normalize ``x`` with ``bnlib.numpy.batchnorm_forward`` and return one feature.
 
     Every feature gets the same ``gamma`` and ``beta``; only column ``feature`` is returned.
@@ -194,15 +180,9 @@ def bn_transform_feature(
     return x[:, feature], out[:, feature]
 
 
-def draw_bn_feature(
-    axes: Sequence[plt.Axes],
-    x: np.ndarray,
-    feature: int,
-    gamma: float = 1.0,
-    beta: float = 0.0,
-    eps: float = 1e-5,
-    after_range: tuple[float, float] = (-7.0, 7.0),
-) -> np.ndarray:
+def draw_bn_feature(axes: Sequence[plt.Axes], x: np.ndarray, feature: int, gamma: float = 1.0,
+                    beta: float = 0.0, eps: float = 1e-5,
+                    after_range: tuple[float, float] = (-7.0, 7.0)) -> np.ndarray:
     """Histogram feature ``feature`` of ``x`` before BN on ``axes[0]`` and after on ``axes[1]``.
 
     Returns the ``(N,)`` normalized feature that was plotted.

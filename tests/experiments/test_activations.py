@@ -1,10 +1,5 @@
 """Tests of bnlib.experiments.activations: covariate shift, sigmoid saturation and drift."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -22,13 +17,6 @@ from bnlib.experiments.activations import (
     train_sigmoid_mlp,
     true_function,
 )
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 # --- sigmoid --------------------------------------------------------------------------------
 

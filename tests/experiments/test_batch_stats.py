@@ -1,10 +1,5 @@
 """Tests of bnlib.experiments.batch_stats: mini-batch training and batch statistics."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -20,12 +15,6 @@ from bnlib.experiments.batch_stats import (
     std_of_batch_variance,
     train_softmax_regression,
 )
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture

@@ -3,16 +3,13 @@ traffic counter and result readers."""
 
 import json
 
-import matplotlib
+import matplotlib.pyplot
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 from bnlib.experiments import roofline
-
-matplotlib.use("Agg")
-import matplotlib.pyplot  # noqa: E402 - after choosing the backend
 
 H100 = roofline.DEVICES["H100 SXM"]
 RESNET_BN = 256 * 256 * 14 * 14
@@ -290,4 +287,3 @@ def test_predicted_time_widget_has_shape_dtype_and_device_controls():
     widget = roofline.predicted_time_widget({"forward": 48, "backward": 156})
     controls = widget.children[0].children
     assert [c.description for c in controls] == ["N", "C", "H = W", "dtype", "device"]
-    matplotlib.pyplot.close("all")
