@@ -1,22 +1,8 @@
 """The CPU benchmark measures the three implementations and prints one comparable table."""
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def bench_cpu():
-    spec = importlib.util.spec_from_file_location("bench_cpu", ROOT / "benchmarks" / "bench_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_measure_and_table_on_a_small_shape(bench_cpu, capsys, tmp_path):
+def test_measure_and_table_on_a_small_shape(bench_cpu, capsys):
     result = bench_cpu.measure((8, 4, 3, 3), repeats=2)
     names = [row["implementation"].split()[0] for row in result["rows"]]
     assert names == ["textbook", "bnlib.numpy", "torch"]
