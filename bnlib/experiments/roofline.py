@@ -399,7 +399,7 @@ def median_seconds(
 ) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls.
 
-    The warm-up calls take the first-touch page faults and lazy initialisation, which are not
+    The warm-up calls take the first-touch page faults and lazy initialization, which are not
     the operation being timed; the median ignores the odd call that another process slowed
     down. With ``setup``, each call is ``fn(setup())`` and ``setup`` runs outside the timing.
     """
