@@ -7,8 +7,9 @@ traffic :mod:`bnlib.numpy.engine` avoids.
 
 The staged backward visits the nodes of the computational graph
 
-    x -> mu = mean(x) -> xmu = x - mu -> sq = xmu**2 -> var = mean(sq) -> std = sqrt(var + eps)
-      -> invstd = 1 / std -> xhat = xmu * invstd -> gx = gamma * xhat -> y = gx + beta
+    x -> mu = mean(x) -> xmu = x - mu -> q = xmu**2 -> var = mean(q) -> v = var + eps
+      -> std = sqrt(v) -> invstd = 1 / std -> xhat = xmu * invstd -> gx = gamma * xhat
+      -> y = gx + beta
 
 in reverse, applying one local derivative at a time. It is slower than
 :func:`bnlib.numpy.batchnorm_backward` (more passes over memory) and exists to be read: every
@@ -62,7 +63,8 @@ def batchnorm_backward_textbook(dout, cache):
 
 
 def batchnorm_backward_staged(dout, cache):
-    """Gradient of BN by walking the graph backwards, one node (one line) at a time.
+    """Gradient of BN by walking the graph backwards, one line per node (the table of
+    chapter 4, with ``v = var + eps`` and ``q = xmu**2``).
 
     Takes the cache of :func:`bnlib.numpy.batchnorm_forward` (or of the textbook forward) and
     returns ``(dx, dgamma, dbeta)``, equal to :func:`bnlib.numpy.batchnorm_backward`; dout
@@ -76,14 +78,16 @@ def batchnorm_backward_staged(dout, cache):
     mu, invstd, gamma = (channel_view(v, x.ndim) for v in (cache.mean, cache.invstd, cache.gamma))
     xmu = x - mu  # the forward nodes, rebuilt from the cache
     std, xhat = 1.0 / invstd, xmu * invstd
-    dbeta = dout.sum(axis=axes)  # y = gx + beta
-    dgamma = (dout * xhat).sum(axis=axes)  # gx = gamma * xhat
-    dxhat = dout * gamma
-    dinvstd = (dxhat * xmu).sum(axis=axes, keepdims=True)  # xhat = xmu * invstd
+    dbeta, dgx = dout.sum(axis=axes), dout  # y = gx + beta
+    dgamma, dxhat = (dgx * xhat).sum(axis=axes), dgx * gamma  # gx = gamma * xhat
+    dxmu_1, dinvstd = dxhat * invstd, (dxhat * xmu).sum(axis=axes, keepdims=True)  # xhat
     dstd = -dinvstd / std**2  # invstd = 1 / std
-    dvar = dstd * 0.5 / std  # std = sqrt(var + eps)
-    dsq = dvar / count  # var = mean(sq), the same for every value of sq
-    dxmu = dxhat * invstd + 2.0 * xmu * dsq  # sq = xmu**2, plus the path through xhat
-    dmu = -dxmu.sum(axis=axes, keepdims=True)  # xmu = x - mu
-    dx = dxmu + dmu / count  # mu = mean(x), plus the path through xmu
+    dv = dstd / (2.0 * std)  # std = sqrt(v)
+    dvar = dv  # v = var + eps
+    dq = dvar / count  # var = mean(q), the same for every q
+    dxmu_2 = 2.0 * xmu * dq  # q = xmu**2
+    dxmu = dxmu_1 + dxmu_2  # xmu feeds two nodes: its gradient is the sum of both
+    dx_1, dmu = dxmu, -dxmu.sum(axis=axes, keepdims=True)  # xmu = x - mu
+    dx_2 = dmu / count  # mu = mean(x), the same for every x
+    dx = dx_1 + dx_2  # x feeds two nodes too
     return dx.astype(x.dtype, copy=False), dgamma, dbeta
