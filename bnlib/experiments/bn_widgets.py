@@ -49,6 +49,13 @@ DEFAULT_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 # ---------------------------------------------------------------------------------------------
 
 
+def _two_axes(axes: Sequence[plt.Axes], panels: str) -> tuple[plt.Axes, plt.Axes]:
+    """The two Axes a side-by-side drawing needs (``panels`` names them for the message)."""
+    if len(axes) != 2:
+        raise ValueError(f"axes must hold 2 Axes ({panels}), got {len(axes)}")
+    return axes[0], axes[1]
+
+
 def _stat_ranges(population: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
     """Fixed x ranges for the two histograms, wide enough for N = 2, so panels compare."""
     low, high = float(population.min()), float(population.max())
@@ -59,13 +66,8 @@ def _stat_ranges(population: np.ndarray) -> tuple[tuple[float, float], tuple[flo
     return mean_range, var_range
 
 
-def draw_batch_statistics(
-    axes: Sequence[plt.Axes],
-    population: np.ndarray,
-    batch_size: int,
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+def draw_batch_statistics(axes: Sequence[plt.Axes], population: np.ndarray, batch_size: int,
+                          num_draws: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Histogram ``mu_B`` on ``axes[0]`` and the biased ``sigma_B^2`` on ``axes[1]``.
 
     The batches come from :func:`bnlib.experiments.batch_stats.sample_batch_statistics`.
@@ -76,14 +78,12 @@ def draw_batch_statistics(
     Returns:
         ``(means, variances)``, the ``(num_draws,)`` arrays that were plotted.
     """
-    if len(axes) != 2:
-        raise ValueError(f"axes must hold 2 Axes (mean, variance), got {len(axes)}")
+    ax_mean, ax_var = _two_axes(axes, "mean, variance")
     population = np.asarray(population, dtype=np.float64)
     means, variances = sample_batch_statistics(population, batch_size, num_draws, seed=seed)
     mu, sigma2 = population.mean(), population.var()
     mean_range, var_range = _stat_ranges(population)
 
-    ax_mean, ax_var = axes
     ax_mean.hist(means, bins=40, range=mean_range, density=True, color="C0", alpha=0.7)
     grid = np.linspace(*mean_range, 200)
     spread = float(std_of_batch_mean(np.sqrt(sigma2), batch_size))
@@ -108,12 +108,8 @@ def draw_batch_statistics(
     return means, variances
 
 
-def batch_size_widget(
-    population: np.ndarray,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> widgets.VBox:
+def batch_size_widget(population: np.ndarray, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                      num_draws: int = 2000, seed: int = 0) -> widgets.VBox:
     """A batch-size slider over ``batch_sizes`` and the two histograms of
     :func:`draw_batch_statistics` for the chosen size.
 
@@ -141,12 +137,8 @@ def batch_size_widget(
     return widgets.VBox([slider, output])
 
 
-def plot_batch_size_grid(
-    population: np.ndarray,
-    batch_sizes: Sequence[int] = (2, 8, 32, 128),
-    num_draws: int = 2000,
-    seed: int = 0,
-) -> plt.Figure:
+def plot_batch_size_grid(population: np.ndarray, batch_sizes: Sequence[int] = (2, 8, 32, 128),
+                         num_draws: int = 2000, seed: int = 0) -> plt.Figure:
     """Small multiples: one column per batch size, ``mu_B`` on top and ``sigma_B^2`` below."""
     fig, axes = plt.subplots(2, len(batch_sizes), figsize=(3.2 * len(batch_sizes), 5.2))
     axes = np.asarray(axes).reshape(2, len(batch_sizes))
@@ -163,9 +155,8 @@ def plot_batch_size_grid(
 # ---------------------------------------------------------------------------------------------
 
 
-def bn_transform_feature(
-    x: np.ndarray, feature: int, gamma: float, beta: float, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
+def bn_transform_feature(x: np.ndarray, feature: int, gamma: float, beta: float,
+                         eps: float) -> tuple[np.ndarray, np.ndarray]:
     """Batch-normalize ``x`` with ``bnlib.numpy.batchnorm_forward`` and return one feature.
 
     Every feature gets the same ``gamma`` and ``beta``; only column ``feature`` is returned.
@@ -189,23 +180,15 @@ def bn_transform_feature(
     return x[:, feature], out[:, feature]
 
 
-def draw_bn_feature(
-    axes: Sequence[plt.Axes],
-    x: np.ndarray,
-    feature: int,
-    gamma: float = 1.0,
-    beta: float = 0.0,
-    eps: float = 1e-5,
-    after_range: tuple[float, float] = (-7.0, 7.0),
-) -> np.ndarray:
+def draw_bn_feature(axes: Sequence[plt.Axes], x: np.ndarray, feature: int, gamma: float = 1.0,
+                    beta: float = 0.0, eps: float = 1e-5,
+                    after_range: tuple[float, float] = (-7.0, 7.0)) -> np.ndarray:
     """Histogram feature ``feature`` of ``x`` before BN on ``axes[0]`` and after on ``axes[1]``.
 
     Returns the ``(N,)`` normalized feature that was plotted.
     """
-    if len(axes) != 2:
-        raise ValueError(f"axes must hold 2 Axes (before, after), got {len(axes)}")
+    ax_before, ax_after = _two_axes(axes, "before, after")
     before, after = bn_transform_feature(x, feature, gamma, beta, eps)
-    ax_before, ax_after = axes
     ax_before.hist(before, bins=30, color="C0", alpha=0.7)
     ax_before.set_title(
         f"before: mean {before.mean():.2f}, std {before.std():.3f}", fontsize="medium"
@@ -229,36 +212,14 @@ def bn_affine_widget(x: np.ndarray, feature: int) -> widgets.VBox:
     Returns:
         ``VBox([HBox([gamma, beta, eps sliders]), Output])``.
     """
-    style = {"description_width": "initial"}
-    gamma = widgets.FloatSlider(
-        value=1.0,
-        min=0.0,
-        max=3.0,
-        step=0.1,
-        description="gamma",
-        style=style,
-        continuous_update=False,
-    )
-    beta = widgets.FloatSlider(
-        value=0.0,
-        min=-3.0,
-        max=3.0,
-        step=0.1,
-        description="beta",
-        style=style,
-        continuous_update=False,
-    )
-    eps = widgets.FloatLogSlider(
-        value=1e-5,
-        base=10,
-        min=-8,
-        max=0,
-        step=1,
-        description="eps",
-        style=style,
-        readout_format=".0e",
-        continuous_update=False,
-    )
+    # Redraw on release only: each redraw makes a new figure.
+    common = {"style": {"description_width": "initial"}, "continuous_update": False}
+    gamma = widgets.FloatSlider(value=1.0, min=0.0, max=3.0, step=0.1, description="gamma",
+                                **common)
+    beta = widgets.FloatSlider(value=0.0, min=-3.0, max=3.0, step=0.1, description="beta",
+                               **common)
+    eps = widgets.FloatLogSlider(value=1e-5, base=10, min=-8, max=0, step=1, description="eps",
+                                 readout_format=".0e", **common)
 
     def update(gamma: float, beta: float, eps: float) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.0))

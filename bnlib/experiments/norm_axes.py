@@ -111,8 +111,8 @@ def draw_norm_axes(
         mask = shared_statistics_mask(
             method, (batch, channels, spatial, 1), (*index, 0), num_groups=num_groups
         )[..., 0]
-        colours = np.where(mask[..., None], [0.20, 0.45, 0.80, 0.95], [0.85, 0.85, 0.85, 0.25])
-        ax.voxels(np.ones(shape, dtype=bool), facecolors=colours, edgecolors=(0.3, 0.3, 0.3, 0.3),
+        colors = np.where(mask[..., None], [0.20, 0.45, 0.80, 0.95], [0.85, 0.85, 0.85, 0.25])
+        ax.voxels(np.ones(shape, dtype=bool), facecolors=colors, edgecolors=(0.3, 0.3, 0.3, 0.3),
                   linewidth=0.3)
         ax.set_xlabel("N", labelpad=-12)
         ax.set_ylabel("C", labelpad=-12)

@@ -110,7 +110,7 @@ class RegularizationResult:
 
     @property
     def gap(self) -> float:
-        """Train accuracy minus test accuracy (the generalisation gap)."""
+        """Train accuracy minus test accuracy (the generalization gap)."""
         return self.train_accuracy - self.test_accuracy
 
 

@@ -14,7 +14,8 @@ is set by how many bytes it moves, not by how many flops it does. This module ho
   :func:`two_pass_variance`, :func:`welford_variance`, built on :func:`welford_block_stats`
   and :func:`chan_combine`);
 - :func:`median_seconds`, the one wall-clock timer of the chapters and the CPU benchmark, and
-  :func:`time_cpu_batchnorm`, a small build-time CPU timing of BN2d forward + backward;
+  :func:`time_cpu_batchnorm`, the CPU timing of BN2d forward + backward that the chapter and
+  ``benchmarks/bench_cpu.py`` both report;
 - :func:`load_benchmark_results`, :func:`benchmark_metadata`, :func:`benchmark_table`,
   :func:`find_case`, :func:`achieved_gbps`, :func:`copy_fraction`, :func:`copy_share_table` and
   :func:`plot_benchmark_bandwidth` for the committed GPU benchmark files in
@@ -398,7 +399,7 @@ def median_seconds(
 ) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` calls.
 
-    The warm-up calls take the first-touch page faults and lazy initialisation, which are not
+    The warm-up calls take the first-touch page faults and lazy initialization, which are not
     the operation being timed; the median ignores the odd call that another process slowed
     down. With ``setup``, each call is ``fn(setup())`` and ``setup`` runs outside the timing.
     """
@@ -421,66 +422,58 @@ def numpy_copy_bandwidth(num_elements: int = 1 << 22, reps: int = 5) -> float:
 
 
 def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> list[dict]:
-    """Median CPU time of BN2d training forward and backward for three implementations.
+    """Median CPU time of BN2d training forward and backward for three implementations, the
+    measurement of the chapter on the GPU and of ``benchmarks/bench_cpu.py``.
 
-    Implementations: the textbook NumPy baseline (``bnlib.numpy.batchnorm_forward_textbook``
-    and ``batchnorm_backward_staged``: one NumPy call per node of the computation graph),
-    ``bnlib.numpy.batchnorm_forward/backward``, and PyTorch CPU eager
-    (``torch.nn.functional.batch_norm`` with autograd). ``x``: float32 ``shape``. Returns one
-    dict per implementation with ``forward_ms``, ``backward_ms``, ``total_ms`` and ``gb_per_s``
-    under the byte model of BN forward + backward (:func:`byte_model`). PyTorch runs on one thread
-    for the duration, like NumPy: on a shared machine extra threads mostly wait for each other.
+    Implementations, in this order: the textbook NumPy version
+    (``bnlib.numpy.batchnorm_forward_textbook`` and ``batchnorm_backward_textbook``: one NumPy
+    call per term, each writing a full-size array), ``bnlib.numpy.batchnorm_forward/backward``,
+    and PyTorch CPU eager (``torch.nn.functional.batch_norm``; backward: autograd's dx, dgamma
+    and dbeta). ``x``: float32 ``shape``. PyTorch runs on as many threads as bnlib.numpy's
+    engine uses for a large input (:func:`bnlib.numpy.engine.worker_count`), so neither has
+    more cores. Returns one dict per implementation with ``implementation``, ``forward_ms``,
+    ``backward_ms``, ``total_ms`` and ``gb_per_s`` under the byte model of BN forward +
+    backward (:func:`byte_model`).
     """
     import torch
 
     import bnlib.numpy as bnp
+    from bnlib.numpy.engine import worker_count
 
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    dy = rng.standard_normal(shape, dtype=np.float32)
-    channels = shape[1]
-    gamma = rng.standard_normal(channels, dtype=np.float32)
-    beta = rng.standard_normal(channels, dtype=np.float32)
+    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+    gamma, beta = (rng.standard_normal(shape[1], dtype=np.float32) for _ in range(2))
 
     def numpy_pair(forward, backward):
         cache = forward(x, gamma, beta)[1]
         return (lambda: forward(x, gamma, beta)), (lambda: backward(dy, cache))
 
-    xt = torch.from_numpy(x).requires_grad_()
-    dyt, gt, bt = torch.from_numpy(dy), torch.from_numpy(gamma), torch.from_numpy(beta)
+    xt, gt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, gamma, beta))
+    dyt = torch.from_numpy(dy)
 
     def torch_forward():
         return torch.nn.functional.batch_norm(xt, None, None, gt, bt, training=True)
 
     yt = torch_forward()
-
-    def torch_backward():
-        return torch.autograd.grad(yt, xt, dyt, retain_graph=True)
-
     implementations = {
-        "textbook NumPy": numpy_pair(bnp.batchnorm_forward_textbook, bnp.batchnorm_backward_staged),
+        "textbook NumPy": numpy_pair(bnp.batchnorm_forward_textbook,
+                                     bnp.batchnorm_backward_textbook),
         "bnlib.numpy": numpy_pair(bnp.batchnorm_forward, bnp.batchnorm_backward),
-        f"torch {torch.__version__.split('+')[0]} CPU eager": (torch_forward, torch_backward),
+        f"torch {torch.__version__.split('+')[0]} CPU eager ({worker_count()} threads)": (
+            torch_forward, lambda: torch.autograd.grad(yt, (xt, gt, bt), dyt, retain_graph=True)),
     }
-    model_bytes = byte_model("bn", "fwd+bwd").bytes_moved(x.size, x.itemsize)
-    rows = []
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(worker_count())
     try:
         timings = {name: (1e3 * median_seconds(forward, reps), 1e3 * median_seconds(backward, reps))
                    for name, (forward, backward) in implementations.items()}
     finally:
         torch.set_num_threads(threads)
-    for name, (forward_ms, backward_ms) in timings.items():
-        total_ms = forward_ms + backward_ms
-        rows.append({
-            "implementation": name,
-            "forward_ms": forward_ms,
-            "backward_ms": backward_ms,
-            "total_ms": total_ms,
-            "gb_per_s": effective_gbps(model_bytes, total_ms * 1e-3),
-        })
-    return rows
+    model_bytes = byte_model("bn", "fwd+bwd").bytes_moved(x.size, x.itemsize)
+    return [{"implementation": name, "forward_ms": forward_ms, "backward_ms": backward_ms,
+             "total_ms": forward_ms + backward_ms,
+             "gb_per_s": effective_gbps(model_bytes, (forward_ms + backward_ms) * 1e-3)}
+            for name, (forward_ms, backward_ms) in timings.items()]
 
 
 # --------------------------------------------------------------------------- GPU results

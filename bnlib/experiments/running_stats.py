@@ -129,7 +129,7 @@ class BNMLP:
         use_bn: put a ``bnlib.numpy.BatchNorm`` after the first linear layer.
         first_bias: give the first linear layer a bias (redundant before BN: its gradient is 0).
         momentum: BatchNorm momentum (PyTorch convention; None = cumulative average).
-        seed: seed of the He-normal initialisation.
+        seed: seed of the He-normal initialization.
     """
 
     def __init__(
@@ -234,7 +234,7 @@ def train_mlp(
     Args:
         x: (N, D_in) inputs; y: (N,) int labels.
         batch_size, epochs, lr: the SGD schedule (constant learning rate, reshuffled epochs).
-        seed: seed of the shuffling (and of the initialisation of a new model).
+        seed: seed of the shuffling (and of the initialization of a new model).
 
     Returns:
         (model in eval mode, list of the training loss of every step)

@@ -202,7 +202,7 @@ class MLP(nn.Module):
     mean removes BN's per-feature bias exactly, and its own ``beta`` plays that role.
     ``init_std``, when given, draws every weight from ``N(0, init_std**2)`` and sets the biases
     to zero (the "small random Gaussian values" of Ioffe & Szegedy's Fig. 1); otherwise
-    PyTorch's default initialisation is kept.
+    PyTorch's default initialization is kept.
 
     Input ``(N, in_features)`` float32, output logits ``(N, num_classes)``.
     """
@@ -458,7 +458,7 @@ def train_many(
     """Train ``build_mlp(norm, seed=seed, **model_options)`` for every norm and seed.
 
     ``train_options`` go to :func:`train` (``steps``, ``lr``, ...), with the same ``seed`` as
-    the initialisation. Returns ``(histories, models)``, both ``{norm: [one per seed]}``; the
+    the initialization. Returns ``(histories, models)``, both ``{norm: [one per seed]}``; the
     models are the trained ones.
     """
     model_options = model_options or {}

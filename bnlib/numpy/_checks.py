@@ -77,6 +77,17 @@ def require_batchnorm_inputs(x, gamma, beta, eps, where: str) -> float:
     return eps
 
 
+def require_num_groups(num_groups, channels: int, where: str) -> int:
+    """Group norm splits the C channels into num_groups equal groups (torch's wording)."""
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)):
+        raise TypeError(f"{where}: num_groups must be an int, got {type(num_groups).__name__}")
+    if num_groups <= 0 or channels % num_groups:
+        raise ValueError(
+            f"{where}: num_channels ({channels}) must be divisible by num_groups ({num_groups})"
+        )
+    return int(num_groups)
+
+
 def require_cache(cache, kind: type, forward: str, where: str):
     """A backward pass takes the cache its own forward returned."""
     if not isinstance(cache, kind):

@@ -7,8 +7,9 @@ traffic :mod:`bnlib.numpy.engine` avoids.
 
 The staged backward visits the nodes of the computational graph
 
-    x -> mu -> xmu = x - mu -> sq = xmu**2 -> var -> veps = var + eps -> std = sqrt(veps)
-      -> invstd = 1/std -> xhat = xmu * invstd -> gx = gamma * xhat -> y = gx + beta
+    x -> mu = mean(x) -> xmu = x - mu -> q = xmu**2 -> var = mean(q) -> v = var + eps
+      -> std = sqrt(v) -> invstd = 1 / std -> xhat = xmu * invstd -> gx = gamma * xhat
+      -> y = gx + beta
 
 in reverse, applying one local derivative at a time. It is slower than
 :func:`bnlib.numpy.batchnorm_backward` (more passes over memory) and exists to be read: every
@@ -27,8 +28,8 @@ from bnlib.numpy.batchnorm import BatchNormCache
 def batchnorm_forward_textbook(x, gamma, beta, eps=1e-5):
     """Training-mode BN with full-size temporaries, in x's dtype.
 
-    Same arguments and result as :func:`bnlib.numpy.batchnorm_forward`; the benchmark's
-    baseline.
+    Same arguments and result as :func:`bnlib.numpy.batchnorm_forward` (x: (N, C, *spatial),
+    gamma and beta: (C,)), with the cache's vectors in x's dtype; the benchmark's baseline.
     """
     eps = require_batchnorm_inputs(x, gamma, beta, eps, "batchnorm_forward_textbook")
     axes, ndim = reduction_axes(x), x.ndim
@@ -45,9 +46,12 @@ def batchnorm_backward_textbook(dout, cache):
     """Closed-form BN gradient with full-size temporaries (xhat, products).
 
     The formula of :func:`bnlib.numpy.batchnorm_backward` in its most direct form; the
-    benchmark's baseline.
+    benchmark's baseline. dout, dx: x's shape (N, C, *spatial); dgamma, dbeta: (C,).
     """
+    where = "batchnorm_backward_textbook"
+    require_cache(cache, BatchNormCache, "batchnorm_forward", where)
     x = cache.x
+    require_dout(dout, x.shape, where)
     axes, ndim = reduction_axes(x), x.ndim
     count = x.size // x.shape[1]
     xhat = cache.xhat
@@ -59,46 +63,31 @@ def batchnorm_backward_textbook(dout, cache):
 
 
 def batchnorm_backward_staged(dout, cache):
-    """Gradient of BN by walking the graph backwards, one node at a time.
+    """Gradient of BN by walking the graph backwards, one line per node (the table of
+    chapter 4, with ``v = var + eps`` and ``q = xmu**2``).
 
     Takes the cache of :func:`bnlib.numpy.batchnorm_forward` (or of the textbook forward) and
-    returns ``(dx, dgamma, dbeta)``, equal to :func:`bnlib.numpy.batchnorm_backward`.
+    returns ``(dx, dgamma, dbeta)``, equal to :func:`bnlib.numpy.batchnorm_backward`; dout
+    and dx have x's shape (N, C, *spatial), dgamma and dbeta are (C,).
     """
     where = "batchnorm_backward_staged"
     require_cache(cache, BatchNormCache, "batchnorm_forward", where)
     x = cache.x
     require_dout(dout, x.shape, where)
-    axes, ndim = reduction_axes(x), x.ndim
-    count = x.size // x.shape[1]
-    # Forward nodes, rebuilt from the cache (std = sqrt(var + eps) = 1 / invstd).
-    mu = channel_view(cache.mean, ndim)
-    invstd = channel_view(cache.invstd, ndim)
-    gamma = channel_view(cache.gamma, ndim)
-    std = 1.0 / invstd
-    xmu = x - mu
-    xhat = xmu * invstd
-    # y = gx + beta
-    dbeta = dout.sum(axis=axes)
-    dgx = dout
-    # gx = gamma * xhat
-    dgamma = (dgx * xhat).sum(axis=axes)
-    dxhat = dgx * gamma
-    # xhat = xmu * invstd: xmu gets one path here, invstd collects a sum
-    dxmu_direct = dxhat * invstd
-    dinvstd = (dxhat * xmu).sum(axis=axes, keepdims=True)
-    # invstd = 1 / std
-    dstd = -dinvstd / std**2
-    # std = sqrt(veps)
-    dveps = dstd * 0.5 / std
-    # veps = var + eps
-    dvar = dveps
-    # var = mean(sq)
-    dsq = np.broadcast_to(dvar / count, x.shape)
-    # sq = xmu**2: the second path into xmu
-    dxmu_square = 2.0 * xmu * dsq
-    dxmu = dxmu_direct + dxmu_square
-    # xmu = x - mu: x gets one path, mu collects a sum
-    dmu = -dxmu.sum(axis=axes, keepdims=True)
-    # mu = mean(x): the second path into x
-    dx = dxmu + np.broadcast_to(dmu / count, x.shape)
+    axes, count = reduction_axes(x), x.size // x.shape[1]
+    mu, invstd, gamma = (channel_view(v, x.ndim) for v in (cache.mean, cache.invstd, cache.gamma))
+    xmu = x - mu  # the forward nodes, rebuilt from the cache
+    std, xhat = 1.0 / invstd, xmu * invstd
+    dbeta, dgx = dout.sum(axis=axes), dout  # y = gx + beta
+    dgamma, dxhat = (dgx * xhat).sum(axis=axes), dgx * gamma  # gx = gamma * xhat
+    dxmu_1, dinvstd = dxhat * invstd, (dxhat * xmu).sum(axis=axes, keepdims=True)  # xhat
+    dstd = -dinvstd / std**2  # invstd = 1 / std
+    dv = dstd / (2.0 * std)  # std = sqrt(v)
+    dvar = dv  # v = var + eps
+    dq = dvar / count  # var = mean(q), the same for every q
+    dxmu_2 = 2.0 * xmu * dq  # q = xmu**2
+    dxmu = dxmu_1 + dxmu_2  # xmu feeds two nodes: its gradient is the sum of both
+    dx_1, dmu = dxmu, -dxmu.sum(axis=axes, keepdims=True)  # xmu = x - mu
+    dx_2 = dmu / count  # mu = mean(x), the same for every x
+    dx = dx_1 + dx_2  # x feeds two nodes too
     return dx.astype(x.dtype, copy=False), dgamma, dbeta

@@ -19,7 +19,7 @@ helpers in :mod:`bnlib.torch.helpers`.
 
 Deliberate differences from torch 2.13 (each pinned by a test in ``tests/torch``):
 
-* Better float32 statistics: two-pass, shifted by one sample of the channel, so a float32
+* Better float32 statistics: two-pass around a pivot, one sample of the channel, so a float32
   channel with mean 1e3 and std 0.1 is normalized within 5e-4 of float64 maths (torch: ~1e-3).
 * ``batch_norm`` on non-empty input with fewer than 2 dims raises a ``ValueError`` naming the
   rank.

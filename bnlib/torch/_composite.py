@@ -1,4 +1,4 @@
-"""Composite backend: batch and layer normalisation written with plain torch tensor ops.
+"""Composite backend: batch and layer normalization written with plain torch tensor ops.
 
 This is the reference backend that runs on every device and dtype. A fused backend
 (``bnlib.torch._triton``) implements the same five functions with the same contract, and
@@ -9,9 +9,9 @@ Conventions shared by both backends
 * Statistics are accumulated in ``float32`` for ``float16``/``bfloat16`` input, in the input's
   dtype otherwise (``float32`` or ``float64``): :func:`bnlib.torch.helpers.accumulation_dtype`.
 * Variances are *biased* (divide by ``M``); callers derive the unbiased one themselves.
-* Batch statistics are two-pass and shifted: ``d = x - x_ref`` with ``x_ref`` one sample of the
-  channel, then ``mean(d)`` and ``mean((d - mean(d))**2)``. Subtracting a sample first keeps the
-  float32 rounding of a large mean (say 1e3) out of ``x - mean``.
+* Batch statistics are two-pass around a pivot: ``d = x - pivot`` with ``pivot`` one sample of
+  the channel, then ``mean(d)`` and ``mean((d - mean(d))**2)``. Subtracting a sample first
+  keeps the float32 rounding of a large mean (say 1e3) out of ``x - mean``.
 * Outputs keep the input's dtype and memory format (channels_last stays channels_last).
 """
 
@@ -46,17 +46,17 @@ def _affine(xhat, weight, bias, view=None) -> torch.Tensor:
     return xhat
 
 
-def _shifted_stats(values: torch.Tensor, dims: list[int], shift: torch.Tensor):
-    """Two-pass biased ``(mean, var)`` of ``values`` over ``dims``, computed about ``shift``.
+def _pivoted_stats(values: torch.Tensor, dims: list[int], pivot: torch.Tensor):
+    """Two-pass biased ``(mean, var)`` of ``values`` over ``dims``, computed about ``pivot``.
 
-    ``shift`` broadcasts against ``values`` (keepdim shape). Returns ``(centred, mean, var)``
-    with ``centred = values - mean`` and ``mean``/``var`` in keepdim shape.
+    ``pivot`` broadcasts against ``values`` (keepdim shape). Returns ``(centered, mean, var)``
+    with ``centered = values - mean`` and ``mean``/``var`` in keepdim shape.
     """
-    deviations = values - shift
-    shifted_mean = deviations.mean(dim=dims, keepdim=True)
-    centred = deviations - shifted_mean
-    var = centred.square().mean(dim=dims, keepdim=True)
-    return centred, shift + shifted_mean, var
+    deviations = values - pivot
+    mean_dev = deviations.mean(dim=dims, keepdim=True)
+    centered = deviations - mean_dev
+    var = centered.square().mean(dim=dims, keepdim=True)
+    return centered, pivot + mean_dev, var
 
 
 def bn_forward_train(x, weight, bias, eps):
@@ -75,8 +75,8 @@ def bn_forward_train(x, weight, bias, eps):
         nan = torch.full((x.shape[1],), float("nan"), dtype=acc, device=x.device)
         return torch.empty_like(x), nan, nan.clone()
     first_sample = xf[(0, slice(None)) + (0,) * (x.dim() - 2)]  # (C,)
-    centred, mean, var = _shifted_stats(xf, dims, view(first_sample))
-    xhat = centred * torch.rsqrt(var + eps)
+    centered, mean, var = _pivoted_stats(xf, dims, view(first_sample))
+    xhat = centered * torch.rsqrt(var + eps)
     y = _affine(xhat, weight, bias, view).to(x.dtype)
     return in_layout_of(y, x), mean.flatten(), var.flatten()
 
@@ -133,9 +133,9 @@ def ln_forward(x, weight, bias, eps):
     if x.numel() == 0:
         stat = torch.full((x.shape[0],), float("nan"), dtype=acc, device=x.device)
         return torch.empty_like(x), stat, stat.clone()
-    centred, mean, var = _shifted_stats(xf, [1], xf[:, :1])
+    centered, mean, var = _pivoted_stats(xf, [1], xf[:, :1])
     rstd = torch.rsqrt(var + eps)
-    y = _affine(centred * rstd, weight, bias).to(x.dtype)
+    y = _affine(centered * rstd, weight, bias).to(x.dtype)
     return y, mean.flatten(), rstd.flatten()
 
 
@@ -163,14 +163,14 @@ def ln_backward(dy, x, weight, mean, rstd):
     return dx.to(x.dtype), dweight, dbias
 
 
-# Group and RMS normalisation: composite only, on every device (not part of the backend contract).
+# Group and RMS normalization: composite only, on every device (not part of the backend contract).
 
 
 def gn_forward(x, num_groups, weight, bias, eps):
     """Group-norm forward.
 
     x: ``(N, C, *spatial)``; weight, bias: ``(C,)`` or None. Each of the ``N * num_groups``
-    groups of ``K = C / num_groups * prod(spatial)`` values is normalised with its own biased
+    groups of ``K = C / num_groups * prod(spatial)`` values is normalized with its own biased
     mean and variance, then ``y = xhat * weight[c] + bias[c]``.
     Returns ``y`` (x's dtype and memory format) and ``mean``, ``rstd`` ``(N * num_groups,)``
     in float32/float64.
@@ -181,9 +181,9 @@ def gn_forward(x, num_groups, weight, bias, eps):
     if x.numel() == 0:
         stat = torch.full((rows.shape[0],), float("nan"), dtype=acc, device=x.device)
         return torch.empty_like(x), stat, stat.clone()
-    centred, mean, var = _shifted_stats(rows, [1], rows[:, :1])
+    centered, mean, var = _pivoted_stats(rows, [1], rows[:, :1])
     rstd = torch.rsqrt(var + eps)
-    xhat = (centred * rstd).reshape(batch, channels, spatial)
+    xhat = (centered * rstd).reshape(batch, channels, spatial)
     y = _affine(xhat, weight, bias, partial(channel_view, ndim=3)).to(x.dtype).reshape(x.shape)
     return in_layout_of(y, x), mean.flatten(), rstd.flatten()
 

@@ -289,56 +289,56 @@ def bn_forward_train(x, weight, bias, eps):
     layout = _BNLayout(x)
     stats = _bn_batch_stats(x, layout, eps)
     y = torch.empty_like(x)
-    _bn_apply(x, y, layout, stats["shift"], stats["mean_dev"], stats["invstd"], weight, bias,
+    _bn_apply(x, y, layout, stats["pivot"], stats["mean_dev"], stats["invstd"], weight, bias,
               eps)
     return y, stats["mean"], stats["var"]
 
 
 def _bn_batch_stats(x: torch.Tensor, layout: _BNLayout, eps: float):
-    """Per-channel float32 ``(C,)`` statistics: split shifted sums then Chan's merge.
+    """Per-channel float32 ``(C,)`` statistics: split sums around a pivot, then Chan's merge.
 
-    Returns a dict of ``mean``, ``var`` (biased), ``invstd``, ``shift`` (a sample of each
-    channel) and ``mean_dev = mean - shift``.
+    Returns a dict of ``mean``, ``var`` (biased), ``invstd``, ``pivot`` (a sample of each
+    channel) and ``mean_dev = mean - pivot``.
     """
     plan = _split_plan(
         layout, x, PROGRAMS_PER_SM if layout.channels_last else NCHW_STATS_PROGRAMS_PER_SM)
     C, splits = layout.C, plan["splits"]
     partials = torch.empty((3, splits, C), dtype=torch.float32, device=x.device)
-    names = ("mean", "var", "invstd", "shift", "mean_dev")
+    names = ("mean", "var", "invstd", "pivot", "mean_dev")
     stats = dict(zip(names, torch.empty((5, C), dtype=torch.float32, device=x.device),
                      strict=True))
     with _Launch(x):
         if layout.channels_last:
             bn_kernels.bn_stats_cl_kernel[plan["grid"]](
-                x, stats["shift"], partials[0], partials[1], partials[2], layout.count, C,
+                x, stats["pivot"], partials[0], partials[1], partials[2], layout.count, C,
                 plan["rows_per_split"], BLOCK_R=plan["BLOCK_R"], BLOCK_C=plan["BLOCK_C"],
                 num_warps=plan["num_warps"])
         else:
             bn_kernels.bn_stats_nchw_kernel[plan["grid"]](
-                x, stats["shift"], partials[0], partials[1], partials[2], layout.N, C, layout.S,
+                x, stats["pivot"], partials[0], partials[1], partials[2], layout.N, C, layout.S,
                 plan["n_per_split"], plan["s_per_split"],
                 BLOCK_N=plan["BLOCK_N"], BLOCK_S=plan["BLOCK_S"], num_warps=plan["num_warps"])
         combine = _combine_plan(C, splits)
         bn_kernels.bn_stats_combine_kernel[combine["grid"]](
-            partials[0], partials[1], partials[2], stats["shift"], stats["mean"], stats["var"],
+            partials[0], partials[1], partials[2], stats["pivot"], stats["mean"], stats["var"],
             stats["invstd"], stats["mean_dev"], C, splits, float(eps),
             BLOCK_P=combine["BLOCK_P"], BLOCK_C=combine["BLOCK_C"])
     return stats
 
 
-def _bn_apply(x, y, layout, shift, mean_dev, scale, weight, bias, eps):
-    """Launch ``bn_apply_kernel``: ``y = (x - shift - mean_dev) * invstd * weight + bias``.
+def _bn_apply(x, y, layout, pivot, mean_dev, scale, weight, bias, eps):
+    """Launch ``bn_apply_kernel``: ``y = (x - pivot - mean_dev) * invstd * weight + bias``.
 
     Training passes ``scale = invstd``; inference passes ``mean_dev = None`` and
     ``scale = running_var`` (the kernel takes ``1 / sqrt(var + eps)``).
     """
     plan = _tile_plan(layout, x)
     grid = plan.pop("grid")
-    shift = shift.contiguous()
+    pivot = pivot.contiguous()
     with _Launch(x):
         bn_kernels.bn_apply_kernel[grid](
-            x, y, shift, _vector_or(mean_dev, shift), scale.contiguous(),
-            _vector_or(weight, shift), _vector_or(bias, shift), C=layout.C, eps=float(eps),
+            x, y, pivot, _vector_or(mean_dev, pivot), scale.contiguous(),
+            _vector_or(weight, pivot), _vector_or(bias, pivot), C=layout.C, eps=float(eps),
             HAS_MEAN_DEV=mean_dev is not None, SCALE_IS_VAR=mean_dev is None,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, **plan)
 

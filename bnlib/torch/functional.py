@@ -7,7 +7,7 @@ subclasses, modes) intercept it, so ``torch.fx.symbolic_trace`` records one node
 
 Deliberate differences from torch 2.13
 
-* Statistics are two-pass and shifted (see ``bnlib.torch._composite``), so float32 batch norm
+* Statistics are two-pass around a pivot (see ``bnlib.torch._composite``), so float32 batch norm
   of a channel with mean 1e3 and std 0.1 stays within 5e-4 of float64 maths where torch's
   float32 kernel is off by about 1e-3.
 * ``batch_norm`` of a non-empty input with fewer than 2 dimensions raises

@@ -11,8 +11,8 @@ The backward needs two global sums per channel, ``sum(dy)`` and ``sum(dy * (x - 
 obtained with one ``all_reduce``. Weight and bias gradients stay local, as in torch: the data
 parallel wrapper averages parameter gradients across processes.
 
-Unlike torch's, this layer also synchronises CPU tensors (the ``gloo`` backend), which is how
-the tests run it. Without an initialised process group, or with a group of one, it is plain
+Unlike torch's, this layer also synchronizes CPU tensors (the ``gloo`` backend), which is how
+the tests run it. Without an initialized process group, or with a group of one, it is plain
 batch norm.
 """
 
@@ -120,7 +120,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
 
 class SyncBatchNorm(_BnlibBatchNorm, nn.SyncBatchNorm):
-    """Batch norm synchronised across a process group: ``torch.nn.SyncBatchNorm`` (arguments,
+    """Batch norm synchronized across a process group: ``torch.nn.SyncBatchNorm`` (arguments,
     buffers, ``state_dict``, ``isinstance``) with bnlib's ``forward``.
 
     Input: (N, C, *spatial) with at least 2 dims and one channel.
@@ -135,7 +135,7 @@ class SyncBatchNorm(_BnlibBatchNorm, nn.SyncBatchNorm):
         return dist.get_world_size(self.process_group or dist.group.WORLD)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Synchronised statistics in training; plain batch norm otherwise."""
+        """Synchronized statistics in training; plain batch norm otherwise."""
         world_size = self._world_size()
         if not self.training or world_size == 1:
             return super().forward(input)

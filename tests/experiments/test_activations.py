@@ -1,10 +1,5 @@
 """Tests of bnlib.experiments.activations: covariate shift, sigmoid saturation and drift."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -24,13 +19,6 @@ from bnlib.experiments.activations import (
     train_sigmoid_mlp,
     true_function,
 )
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 # --- sigmoid --------------------------------------------------------------------------------
 
@@ -160,7 +148,7 @@ def test_sigmoid_stack_gradient_vanishes_towards_the_input_without_bn():
     assert result["grad_rms"][0] < 1e-3 * result["grad_rms"][-1]
 
 
-def test_batchnorm_keeps_sigmoid_inputs_standardised_but_not_above_a_quarter():
+def test_batchnorm_keeps_sigmoid_inputs_standardized_but_not_above_a_quarter():
     plain = sigmoid_stack_gradients(depth=6, width=64, weight_std=8.0, seed=0)
     with_bn = sigmoid_stack_gradients(depth=6, width=64, weight_std=8.0, use_batchnorm=True, seed=0)
     np.testing.assert_allclose(with_bn["preact_std"], 1.0, rtol=1e-3)

@@ -1,10 +1,5 @@
 """Tests of bnlib.experiments.batch_stats: mini-batch training and batch statistics."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -26,19 +21,13 @@ from bnlib.experiments.batch_stats import (
 )
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture
 def blobs():
     """Three well separated Gaussian classes in 4-D: (90, 4) float32 and (90,) int labels."""
     rng = np.random.default_rng(1)
-    centres = rng.normal(0.0, 3.0, (3, 4))
+    centers = rng.normal(0.0, 3.0, (3, 4))
     y = np.repeat(np.arange(3), 30)
-    x = (centres[y] + rng.normal(0.0, 0.5, (90, 4))).astype(np.float32)
+    x = (centers[y] + rng.normal(0.0, 0.5, (90, 4))).astype(np.float32)
     return x, y
 
 

@@ -1,9 +1,5 @@
 """Tests of bnlib.experiments.bn_widgets: widget structure and what the drawings compute."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,12 +15,6 @@ from bnlib.experiments.bn_widgets import (
     plot_batch_size_grid,
     plot_bn_settings_grid,
 )
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture

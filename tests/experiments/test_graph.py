@@ -1,9 +1,5 @@
 """The BN computational graph: structure, local derivatives and the figure."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import pytest
 

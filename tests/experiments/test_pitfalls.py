@@ -1,14 +1,9 @@
 """Experiments of the myths-and-pitfalls chapter."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from bnlib.data import digits
 from bnlib.experiments.pitfalls import (
     RegularizationResult,
     bn_cost_model,
@@ -25,11 +20,6 @@ from bnlib.experiments.pitfalls import (
 )
 from bnlib.experiments.running_stats import train_mlp
 from bnlib.numpy import batchnorm_forward
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits(seed=0)
 
 
 def test_dividing_by_the_variance_leaves_std_one_over_sigma():

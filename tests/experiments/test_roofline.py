@@ -3,16 +3,13 @@ traffic counter and result readers."""
 
 import json
 
-import matplotlib
+import matplotlib.pyplot
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
 
 from bnlib.experiments import roofline
-
-matplotlib.use("Agg")
-import matplotlib.pyplot  # noqa: E402 - after choosing the backend
 
 H100 = roofline.DEVICES["H100 SXM"]
 RESNET_BN = 256 * 256 * 14 * 14
@@ -115,7 +112,7 @@ def test_pairwise_float32_sum_is_closer_than_sequential():
 
 def test_one_pass_variance_cancels_where_two_pass_and_welford_do_not():
     noise = np.random.default_rng(2).standard_normal(4096)
-    centred, shifted = noise.astype(np.float32), (1000.0 + noise).astype(np.float32)
+    near_zero, near_1000 = noise.astype(np.float32), (1000.0 + noise).astype(np.float32)
 
     def error(estimate, x):
         exact = float(np.var(x.astype(np.float64)))
@@ -123,12 +120,12 @@ def test_one_pass_variance_cancels_where_two_pass_and_welford_do_not():
 
     for estimate in (roofline.two_pass_variance, roofline.welford_variance,
                      lambda x: roofline.one_pass_variance(x, "pairwise")):
-        assert error(estimate, centred) < 1e-5
-    # Shifted by 1000, the one-pass formula loses about six digits (1000**2 / 1), even with
+        assert error(estimate, near_zero) < 1e-5
+    # Moved to mean 1000, the one-pass formula loses about six digits (1000**2 / 1), even with
     # nearly exact pairwise sums; the other two stay accurate.
-    assert error(lambda x: roofline.one_pass_variance(x, "pairwise"), shifted) > 1e-4
-    assert error(roofline.two_pass_variance, shifted) < 1e-4
-    assert error(roofline.welford_variance, shifted) < 1e-4
+    assert error(lambda x: roofline.one_pass_variance(x, "pairwise"), near_1000) > 1e-4
+    assert error(roofline.two_pass_variance, near_1000) < 1e-4
+    assert error(roofline.welford_variance, near_1000) < 1e-4
 
 
 def test_median_seconds_takes_the_median_after_the_warm_up():
@@ -161,9 +158,9 @@ def test_tensor_traffic_counts_each_textbook_pass():
 
     def textbook(x):
         mean = x.mean((0, 2, 3), keepdim=True)
-        centred = x - mean
-        var = (centred**2).mean((0, 2, 3), keepdim=True)
-        return centred / torch.sqrt(var + 1e-5)
+        centered = x - mean
+        var = (centered**2).mean((0, 2, 3), keepdim=True)
+        return centered / torch.sqrt(var + 1e-5)
 
     records = roofline.tensor_traffic(lambda: textbook(x), x.numel())
     assert [r.name for r in records] == ["mean", "sub", "pow", "mean", "div"]
@@ -290,4 +287,3 @@ def test_predicted_time_widget_has_shape_dtype_and_device_controls():
     widget = roofline.predicted_time_widget({"forward": 48, "backward": 156})
     controls = widget.children[0].children
     assert [c.description for c in controls] == ["N", "C", "H = W", "dtype", "device"]
-    matplotlib.pyplot.close("all")

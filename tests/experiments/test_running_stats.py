@@ -1,21 +1,8 @@
-"""Running statistics experiments, the small BN network and the momentum widget."""
+"""Tests of bnlib.experiments.running_stats: running statistics, the small BN network."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from bnlib.data import digits
-from bnlib.experiments.inference_widgets import (
-    momentum_grid,
-    momentum_widget,
-    running_mean_trajectory,
-    synthetic_batches,
-)
 from bnlib.experiments.running_stats import (
     BNMLP,
     accuracy,
@@ -28,11 +15,6 @@ from bnlib.experiments.running_stats import (
     train_mlp,
 )
 from bnlib.numpy import numerical_gradient
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -176,24 +158,3 @@ def test_helpers_reject_a_model_without_bn():
         reestimate_running_stats(model, np.zeros((4, 64)))
     with pytest.raises(ValueError, match="no BatchNorm"):
         fold_first_layer(model)
-
-
-def test_momentum_one_tracks_the_last_batch_and_small_momentum_lags():
-    batches = synthetic_batches(num_batches=20, batch_size=4, true_mean=3.0)
-    np.testing.assert_allclose(
-        running_mean_trajectory(1.0, 20, 4).mean[1:, 0], [b.mean() for b in batches]
-    )
-    slow = running_mean_trajectory(0.01, 20, 4)
-    assert slow.mean[-1, 0] < 1.0  # started at 0, far from the true mean 3 after 20 steps
-
-
-def test_momentum_grid_and_widget_build():
-    fig = momentum_grid((0.01, 0.1, 0.5), num_batches=30)
-    assert len(fig.axes) == 3
-    assert "0.5" in fig.axes[2].get_title()
-    plt.close(fig)
-    widget = momentum_widget(num_batches=20)
-    assert isinstance(widget, widgets.VBox)
-    sliders = widget.children[0].children
-    assert [s.description for s in sliders] == ["momentum", "batch size"]
-    plt.close("all")

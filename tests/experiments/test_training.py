@@ -69,16 +69,16 @@ def test_norm_layer_and_mlp_refuse_unknown_names():
         MLP(hidden=())
 
 
-def test_batch_norm_model_standardises_each_preactivation_over_the_batch(data):
+def test_batch_norm_model_standardizes_each_preactivation_over_the_batch(data):
     model = build_mlp("batch", seed=0, init_std=0.1)
     _, preactivations = model.forward_with_preactivations(torch.as_tensor(data.x_train[:60]))
-    for z in preactivations:  # (60, 100) with gamma = 1, beta = 0 at initialisation
+    for z in preactivations:  # (60, 100) with gamma = 1, beta = 0 at initialization
         torch.testing.assert_close(z.mean(dim=0), torch.zeros(100), atol=1e-5, rtol=0)
         torch.testing.assert_close(z.var(dim=0, unbiased=False), torch.ones(100), atol=2e-3,
                                    rtol=0)
 
 
-def test_layer_norm_model_standardises_each_example_over_its_features(data):
+def test_layer_norm_model_standardizes_each_example_over_its_features(data):
     model = build_mlp("layer", seed=0)
     _, preactivations = model.forward_with_preactivations(torch.as_tensor(data.x_train[:7]))
     for z in preactivations:
@@ -154,7 +154,7 @@ def test_noisy_batch_norm_refuses_bad_arguments():
         NoisyBatchNorm1d(3, noise="gaussian")
 
 
-def test_mlp_drops_the_bias_before_a_normalisation_and_uses_the_gaussian_init():
+def test_mlp_drops_the_bias_before_a_normalization_and_uses_the_gaussian_init():
     plain, normed = MLP(init_std=0.05), MLP(norm="batch", init_std=0.05)
     assert all(linear.bias is not None for linear in plain.linears)
     assert all(linear.bias is None for linear in normed.linears)

@@ -3,6 +3,21 @@
 import numpy as np
 import pytest
 
+# (N, C) and (N, C, *spatial): from 2 values per channel to 600, and a 1 x 1 image.
+SHAPES = [(2, 3), (8, 5), (4, 3, 5), (4, 3, 5, 6), (3, 2, 2, 2, 2), (2, 4, 1, 1), (600, 7)]
+
+
+@pytest.fixture(params=SHAPES, ids=lambda shape: "x".join(map(str, shape)))
+def shape(request):
+    """Each input shape of :data:`SHAPES` in turn (a test may parametrize its own)."""
+    return request.param
+
+
+@pytest.fixture
+def gamma_beta(shape, rng):
+    """Random (C,) gamma and beta for ``shape``."""
+    return rng.normal(size=shape[1]), rng.normal(size=shape[1])
+
 
 @pytest.fixture
 def rng():

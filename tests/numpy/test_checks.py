@@ -63,6 +63,10 @@ ONES, ZEROS = np.ones(3), np.zeros(3)
     (lambda: bn.fold_batchnorm(np.zeros((2, 3)), np.zeros(2), ONES, ZEROS, ZEROS, ONES),
      ValueError, "fold_batchnorm: bias must have shape (3,), one value per channel, "
      "got shape (2,)"),
+    (lambda: bn.fold_batchnorm(np.zeros(3), None, ONES, ZEROS, ZEROS, ONES), ValueError,
+     "fold_batchnorm: weight must have shape (D_in, D_out), got (3,)"),
+    (lambda: bn.layernorm_forward(X, np.array(1.0), np.array(0.0)), ValueError,
+     "layernorm_forward: gamma must have at least one axis, got a scalar"),
     (lambda: bn.numerical_gradient(lambda a: a, np.zeros(3), np.ones(3), h=0), ValueError,
      "numerical_gradient: h must be positive, got 0"),
 ])

@@ -142,10 +142,17 @@ def test_repr_and_bad_arguments():
         bn.BatchNorm(0)
     with pytest.raises(ValueError, match="eps must be positive, got -1"):
         bn.BatchNorm(3, eps=-1)
+    with pytest.raises(TypeError, match="momentum must be a float or None, got '0.1'"):
+        bn.BatchNorm(3, momentum="0.1")
     with pytest.raises(ValueError, match=r"expected 3 channels \(axis 1\), got input of shape"):
         bn.BatchNorm(3).forward(np.zeros((4, 2)))
     with pytest.raises(RuntimeError, match="call forward first"):
         bn.BatchNorm(3).backward(np.zeros((4, 3)))
+
+
+def test_calling_the_layer_is_its_forward(rng):
+    x = rng.normal(size=(6, 3))
+    np.testing.assert_array_equal(bn.BatchNorm(3).eval()(x), bn.BatchNorm(3).eval().forward(x))
 
 
 def test_layer_depends_on_the_public_functions_not_on_the_teaching_module():

@@ -460,7 +460,7 @@ def test_17_constant_channel_gives_beta(dtype):
 
 # 18. Large mean, small spread.
 def test_18_float32_large_offset_is_close_to_float64_and_beats_torch():
-    """Deliberate difference: shifted two-pass statistics are more accurate than torch's."""
+    """Deliberate difference: two-pass statistics around a pivot are more accurate than torch's."""
     generator = torch.Generator().manual_seed(0)
     x = 1e3 + 0.1 * torch.randn(64, 8, 8, 8, generator=generator)
     exact = _reference_batch_norm(x)

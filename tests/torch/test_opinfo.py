@@ -9,7 +9,7 @@ gradgradcheck (forward over reverse, in gradcheck's fast mode, which checks a ra
 of the Jacobian: the full second-order check of every sample would take minutes).
 
 Deliberate difference: float32 results are compared with a tolerance of 1e-4, not bit for bit:
-bnlib's statistics are two-pass and shifted, more accurate than torch's float32 kernels (each
+bnlib's statistics are two-pass around a pivot, more accurate than torch's float32 kernels (each
 op's float64 samples are compared at 1e-10).
 """
 

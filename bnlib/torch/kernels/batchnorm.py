@@ -1,4 +1,4 @@
-"""Triton kernels for batch normalisation over ``(N, C, *spatial)`` tensors.
+"""Triton kernels for batch normalization over ``(N, C, *spatial)`` tensors.
 
 Two memory layouts, each seen as a matrix whose rows or columns hold one channel:
 
@@ -10,7 +10,7 @@ Two memory layouts, each seen as a matrix whose rows or columns hold one channel
 Training forward (3 passes over ``x``'s bytes: read, read, write):
 
 1. ``*_stats_*``: each program reduces one block of one channel (or of a block of channels) to
-   a partial ``(mean, M2, count)`` from float32 sums of ``x - shift`` (the shift is one sample
+   a partial ``(mean, M2, count)`` from float32 sums of ``x - pivot`` (the pivot is one sample
    of the channel, so the sums do not cancel);
 2. ``bn_stats_combine_kernel``: merges the partials of each channel with Chan's formula;
 3. ``bn_apply_kernel``: ``y = (x - mean) * invstd * weight + bias``.
@@ -42,7 +42,7 @@ def welford_combine(mean_a, m2_a, count_a, mean_b, m2_b, count_b):
 
 @triton.jit
 def _moments_from_sums(sum1, sum2, count):
-    """``(mean, M2)`` of shifted values from their sum and sum of squares (count may be 0)."""
+    """``(mean, M2)`` of ``x - pivot`` from its sum and sum of squares (count may be 0)."""
     mean = sum1 / tl.maximum(count, 1.0)
     return mean, tl.maximum(sum2 - sum1 * mean, 0.0)
 
@@ -68,37 +68,88 @@ def _nchw_tile(n, s, n_end, s_end, channel, C, S):
 
 
 @triton.jit
+def _nchw_block_sums(x_ptr, w_ptr, center, channel, n_start, n_end, s_start, s_end, C, S,
+                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, WEIGHTED: tl.constexpr):
+    """``sum(w)`` and ``sum(w * (x - center))`` over one ``(n, s)`` block of one NCHW channel,
+    with ``w = x - center`` (the statistics) or, when ``WEIGHTED``, ``w = dy`` read from
+    ``w_ptr`` (the backward's sums)."""
+    n_offsets = tl.arange(0, BLOCK_N)[:, None]
+    s_offsets = tl.arange(0, BLOCK_S)[None, :]
+    sum_w = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    sum_wd = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
+    for n0 in range(n_start, n_end, BLOCK_N):
+        for s0 in range(s_start, s_end, BLOCK_S):
+            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if WEIGHTED:  # masked lanes load w = 0, so they add nothing
+                w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+                d = x - center
+            else:
+                d = tl.where(mask, x - center, 0.0)
+                w = d
+            sum_w += w
+            sum_wd += w * d
+    return tl.sum(tl.sum(sum_w, 1), 0), tl.sum(tl.sum(sum_wd, 1), 0)
+
+
+@triton.jit
+def _cl_block(R, rows_per_split, BLOCK_C: tl.constexpr):
+    """The block of channels_last program ``(column_block, split)``: its ``(1, BLOCK_C)``
+    columns, its split (its row of the ``(splits, C)`` partials) and its rows
+    ``r_start:r_end``."""
+    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    split = tl.program_id(1)
+    r_start = split * rows_per_split
+    return columns, split, r_start, tl.minimum(r_start + rows_per_split, R)
+
+
+@triton.jit
+def _cl_block_sums(x_ptr, w_ptr, center, columns, r_start, r_end, C,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, WEIGHTED: tl.constexpr):
+    """Per column ``sum(w)`` and ``sum(w * (x - center))`` over rows ``r_start:r_end`` of the
+    channels_last ``(R, C)`` matrix, ``(BLOCK_C,)`` each; ``w`` as in
+    :func:`_nchw_block_sums`."""
+    r_offsets = tl.arange(0, BLOCK_R)[:, None]
+    sum_w = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    sum_wd = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for r0 in range(r_start, r_end, BLOCK_R):
+        r = r0 + r_offsets
+        mask = (r < r_end) & (columns < C)
+        offsets = r.to(tl.int64) * C + columns
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - center, 0.0)
+        if WEIGHTED:
+            w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            w = d
+        sum_w += w
+        sum_wd += w * d
+    return tl.sum(sum_w, 0), tl.sum(sum_wd, 0)
+
+
+@triton.jit
 def bn_stats_nchw_kernel(
-    x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
+    x_ptr, pivot_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
     N, C, S, n_per_split, s_per_split,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Partial ``(mean, M2, count)`` of ``x - shift`` for channel ``program_id(0)`` over one block.
+    """Partial ``(mean, M2, count)`` of ``x - pivot`` for channel ``program_id(0)`` over one block.
 
-    ``shift = x[0, c, 0]``, one sample of the channel, stored by the first split.
+    ``pivot = x[0, c, 0]``, one sample of the channel, stored by the first split.
     Grid ``(C, splits_n, splits_s)``; writes row ``split_n * splits_s + split_s`` of the
     ``(splits, C)`` partial buffers.
     """
     channel = tl.program_id(0)
     n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
-    n_offsets = tl.arange(0, BLOCK_N)[:, None]
-    s_offsets = tl.arange(0, BLOCK_S)[None, :]
-    shift = tl.load(x_ptr + channel.to(tl.int64) * S).to(tl.float32)
+    pivot = tl.load(x_ptr + channel.to(tl.int64) * S).to(tl.float32)
     if row == 0:
-        tl.store(shift_ptr + channel, shift)
-    # Sums of x - shift: with the shift one sample of the channel they do not cancel, and
+        tl.store(pivot_ptr + channel, pivot)
+    # Sums of x - pivot: with the pivot one sample of the channel they do not cancel, and
     # they cost two FMAs per element where a Welford step costs a division.
-    sum1 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
-    sum2 = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        for s0 in range(s_start, s_end, BLOCK_S):
-            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
-            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            d = tl.where(mask, x - shift, 0.0)
-            sum1 += d
-            sum2 += d * d
+    sum1, sum2 = _nchw_block_sums(x_ptr, x_ptr, pivot, channel, n_start, n_end, s_start, s_end,
+                                  C, S, BLOCK_N, BLOCK_S, False)
     count = (tl.maximum(n_end - n_start, 0) * tl.maximum(s_end - s_start, 0)).to(tl.float32)
-    mean, m2 = _moments_from_sums(tl.sum(tl.sum(sum1, 1), 0), tl.sum(tl.sum(sum2, 1), 0), count)
+    mean, m2 = _moments_from_sums(sum1, sum2, count)
     out = row * C + channel
     tl.store(part_mean_ptr + out, mean)
     tl.store(part_m2_ptr + out, m2)
@@ -107,34 +158,23 @@ def bn_stats_nchw_kernel(
 
 @triton.jit
 def bn_stats_cl_kernel(
-    x_ptr, shift_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
+    x_ptr, pivot_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
     R, C, rows_per_split,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Partial ``(mean, M2, count)`` of ``x - shift`` for ``BLOCK_C`` columns over one row block.
+    """Partial ``(mean, M2, count)`` of ``x - pivot`` for ``BLOCK_C`` columns over one row block.
 
-    ``shift = x[0, c]`` (row 0 of the ``(R, C)`` matrix), stored by the first split.
+    ``pivot = x[0, c]`` (row 0 of the ``(R, C)`` matrix), stored by the first split.
     Grid ``(cdiv(C, BLOCK_C), splits)``; writes row ``program_id(1)`` of the partial buffers.
     """
-    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    split = tl.program_id(1)
-    r_start = split * rows_per_split
-    r_end = tl.minimum(r_start + rows_per_split, R)
-    r_offsets = tl.arange(0, BLOCK_R)[:, None]
-    shift = tl.load(x_ptr + columns, mask=columns < C, other=0.0).to(tl.float32)
+    columns, split, r_start, r_end = _cl_block(R, rows_per_split, BLOCK_C)
+    pivot = tl.load(x_ptr + columns, mask=columns < C, other=0.0).to(tl.float32)
     if split == 0:
-        tl.store(shift_ptr + columns, shift, mask=columns < C)
-    sum1 = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    sum2 = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    for r0 in range(r_start, r_end, BLOCK_R):
-        r = r0 + r_offsets
-        mask = (r < r_end) & (columns < C)
-        x = tl.load(x_ptr + r.to(tl.int64) * C + columns, mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, x - shift, 0.0)
-        sum1 += d
-        sum2 += d * d
+        tl.store(pivot_ptr + columns, pivot, mask=columns < C)
+    sum1, sum2 = _cl_block_sums(x_ptr, x_ptr, pivot, columns, r_start, r_end, C, BLOCK_R,
+                                BLOCK_C, False)
     count = tl.maximum(r_end - r_start, 0).to(tl.float32)
-    mean, m2 = _moments_from_sums(tl.sum(sum1, 0), tl.sum(sum2, 0), count)
+    mean, m2 = _moments_from_sums(sum1, sum2, count)
     columns = tl.reshape(columns, [BLOCK_C])
     out = split * C + columns
     tl.store(part_mean_ptr + out, mean, mask=columns < C)
@@ -144,15 +184,15 @@ def bn_stats_cl_kernel(
 
 @triton.jit
 def bn_stats_combine_kernel(
-    part_mean_ptr, part_m2_ptr, part_count_ptr, shift_ptr,
+    part_mean_ptr, part_m2_ptr, part_count_ptr, pivot_ptr,
     mean_ptr, var_ptr, invstd_ptr, mean_dev_ptr,
     C, splits, eps,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Merge the ``(splits, C)`` partials into ``mean``, biased ``var`` and ``invstd`` ``(C,)``.
 
-    Also stores ``mean_dev = mean - shift``, which the normalise pass subtracts from
-    ``x - shift``: a float32 ``mean`` near 1e3 is only good to 3e-5, ``mean_dev`` to far less.
+    Also stores ``mean_dev = mean - pivot``, which the normalize pass subtracts from
+    ``x - pivot``: a float32 ``mean`` near 1e3 is only good to 3e-5, ``mean_dev`` to far less.
     """
     columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     p_offsets = tl.arange(0, BLOCK_P)[:, None]
@@ -171,8 +211,8 @@ def bn_stats_combine_kernel(
     var = m2 / tl.maximum(count, 1.0)
     columns = tl.reshape(columns, [BLOCK_C])
     mask = columns < C
-    shift = tl.load(shift_ptr + columns, mask=mask, other=0.0)
-    tl.store(mean_ptr + columns, shift + mean, mask=mask)
+    pivot = tl.load(pivot_ptr + columns, mask=mask, other=0.0)
+    tl.store(mean_ptr + columns, pivot + mean, mask=mask)
     tl.store(mean_dev_ptr + columns, mean, mask=mask)
     tl.store(var_ptr + columns, var, mask=mask)
     tl.store(invstd_ptr + columns, 1.0 / tl.sqrt(var + eps), mask=mask)
@@ -201,32 +241,32 @@ def _tile_channels(row_block, col_block, ROWS, COLS, C,
 
 @triton.jit
 def bn_apply_kernel(
-    x_ptr, y_ptr, shift_ptr, mean_dev_ptr, scale_ptr, weight_ptr, bias_ptr,
+    x_ptr, y_ptr, pivot_ptr, mean_dev_ptr, scale_ptr, weight_ptr, bias_ptr,
     ROWS, COLS, C, eps,
     HAS_MEAN_DEV: tl.constexpr, SCALE_IS_VAR: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     CHANNEL_IS_COLUMN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_COL: tl.constexpr,
 ):
-    """``y = ((x - shift[c]) - mean_dev[c]) * invstd[c] * weight[c] + bias[c]`` over one tile.
+    """``y = ((x - pivot[c]) - mean_dev[c]) * invstd[c] * weight[c] + bias[c]`` over one tile.
 
-    Training: ``shift`` is a sample of the channel and ``mean_dev = mean - shift``; centring in
-    two steps keeps the float32 rounding of a large mean out of ``y``. Inference: ``shift`` is
+    Training: ``pivot`` is a sample of the channel and ``mean_dev = mean - pivot``; centering in
+    two steps keeps the float32 rounding of a large mean out of ``y``. Inference: ``pivot`` is
     the running mean, there is no ``mean_dev``, and ``scale_ptr`` holds the running variance
     (``SCALE_IS_VAR``: ``invstd = 1 / sqrt(var + eps)``).
     """
     offsets, mask, channel, channel_mask = _tile_channels(
         tl.program_id(0), tl.program_id(1), ROWS, COLS, C, CHANNEL_IS_COLUMN, BLOCK_R, BLOCK_COL)
-    shift = tl.load(shift_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    pivot = tl.load(pivot_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + channel, mask=channel_mask, other=1.0).to(tl.float32)
     if SCALE_IS_VAR:
         scale = 1.0 / tl.sqrt(scale + eps)
     if HAS_WEIGHT:
         scale *= tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    centred = x - shift
+    centered = x - pivot
     if HAS_MEAN_DEV:
-        centred -= tl.load(mean_dev_ptr + channel, mask=channel_mask, other=0.0)
-    y = centred * scale
+        centered -= tl.load(mean_dev_ptr + channel, mask=channel_mask, other=0.0)
+    y = centered * scale
     if HAS_BIAS:
         y += tl.load(bias_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -241,21 +281,12 @@ def bn_grad_sums_nchw_kernel(
     """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of one channel over one ``(n, s)`` block."""
     channel = tl.program_id(0)
     n_start, n_end, s_start, s_end, row = _nchw_block(N, S, n_per_split, s_per_split)
-    n_offsets = tl.arange(0, BLOCK_N)[:, None]
-    s_offsets = tl.arange(0, BLOCK_S)[None, :]
     mean = tl.load(mean_ptr + channel)
-    sum_dy = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
-    sum_dyxmu = tl.zeros([BLOCK_N, BLOCK_S], tl.float32)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        for s0 in range(s_start, s_end, BLOCK_S):
-            offsets, mask = _nchw_tile(n0 + n_offsets, s0 + s_offsets, n_end, s_end, channel, C, S)
-            dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            sum_dy += dy
-            sum_dyxmu += dy * (x - mean)
+    sum_dy, sum_dyxmu = _nchw_block_sums(x_ptr, dy_ptr, mean, channel, n_start, n_end, s_start,
+                                         s_end, C, S, BLOCK_N, BLOCK_S, True)
     out = row * C + channel
-    tl.store(part_dy_ptr + out, tl.sum(tl.sum(sum_dy, 1), 0))
-    tl.store(part_dyxmu_ptr + out, tl.sum(tl.sum(sum_dyxmu, 1), 0))
+    tl.store(part_dy_ptr + out, sum_dy)
+    tl.store(part_dyxmu_ptr + out, sum_dyxmu)
 
 
 @triton.jit
@@ -265,26 +296,14 @@ def bn_grad_sums_cl_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Partial ``sum(dy)`` and ``sum(dy * (x - mean))`` of ``BLOCK_C`` columns over a row block."""
-    columns = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
-    split = tl.program_id(1)
-    r_start = split * rows_per_split
-    r_end = tl.minimum(r_start + rows_per_split, R)
-    r_offsets = tl.arange(0, BLOCK_R)[:, None]
+    columns, split, r_start, r_end = _cl_block(R, rows_per_split, BLOCK_C)
     mean = tl.load(mean_ptr + columns, mask=columns < C, other=0.0)
-    sum_dy = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    sum_dyxmu = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
-    for r0 in range(r_start, r_end, BLOCK_R):
-        r = r0 + r_offsets
-        mask = (r < r_end) & (columns < C)
-        offsets = r.to(tl.int64) * C + columns
-        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        sum_dy += dy
-        sum_dyxmu += dy * tl.where(mask, x - mean, 0.0)
+    sum_dy, sum_dyxmu = _cl_block_sums(x_ptr, dy_ptr, mean, columns, r_start, r_end, C, BLOCK_R,
+                                       BLOCK_C, True)
     columns = tl.reshape(columns, [BLOCK_C])
     out = split * C + columns
-    tl.store(part_dy_ptr + out, tl.sum(sum_dy, 0), mask=columns < C)
-    tl.store(part_dyxmu_ptr + out, tl.sum(sum_dyxmu, 0), mask=columns < C)
+    tl.store(part_dy_ptr + out, sum_dy, mask=columns < C)
+    tl.store(part_dyxmu_ptr + out, sum_dyxmu, mask=columns < C)
 
 
 @triton.jit

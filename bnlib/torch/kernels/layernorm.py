@@ -1,4 +1,4 @@
-"""Triton kernels for layer normalisation of the rows of an ``(M, K)`` matrix.
+"""Triton kernels for layer normalization of the rows of an ``(M, K)`` matrix.
 
 Rows up to ``BLOCK_K`` values are held in registers, so each kernel reads its inputs once:
 
@@ -33,15 +33,15 @@ def ln_forward_kernel(
     cols = tl.arange(0, BLOCK_K)[None, :]
     mask = (rows < M) & (cols < K)
     offsets = rows.to(tl.int64) * K + cols
-    shift = tl.load(x_ptr + rows.to(tl.int64) * K, mask=rows < M, other=0.0).to(tl.float32)
+    pivot = tl.load(x_ptr + rows.to(tl.int64) * K, mask=rows < M, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    deviation = tl.where(mask, x - shift, 0.0)
+    deviation = tl.where(mask, x - pivot, 0.0)
     mean_dev = tl.sum(deviation, 1) / K
-    mean = tl.reshape(shift, [ROWS]) + mean_dev
-    centred = tl.where(mask, deviation - mean_dev[:, None], 0.0)
-    var = tl.sum(centred * centred, 1) / K
+    mean = tl.reshape(pivot, [ROWS]) + mean_dev
+    centered = tl.where(mask, deviation - mean_dev[:, None], 0.0)
+    var = tl.sum(centered * centered, 1) / K
     rstd = 1.0 / tl.sqrt(var + eps)
-    y = centred * rstd[:, None]
+    y = centered * rstd[:, None]
     if HAS_WEIGHT:
         y *= tl.load(weight_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -116,25 +116,25 @@ def ln_forward_looped_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * K
     y_row = y_ptr + row * K
-    shift = tl.load(x_row).to(tl.float32)  # summing x - x[0] keeps a large mean's digits
+    pivot = tl.load(x_row).to(tl.float32)  # summing x - x[0] keeps a large mean's digits
     total = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-        total += tl.where(cols < K, x - shift, 0.0)
+        total += tl.where(cols < K, x - pivot, 0.0)
     mean_dev = tl.sum(total, 0) / K
-    mean = shift + mean_dev
+    mean = pivot + mean_dev
     squares = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-        centred = tl.where(cols < K, (x - shift) - mean_dev, 0.0)
-        squares += centred * centred
+        centered = tl.where(cols < K, (x - pivot) - mean_dev, 0.0)
+        squares += centered * centered
     rstd = 1.0 / tl.sqrt(tl.sum(squares, 0) / K + eps)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
-        y = ((x - shift) - mean_dev) * rstd
+        y = ((x - pivot) - mean_dev) * rstd
         if HAS_WEIGHT:
             y *= tl.load(weight_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
         if HAS_BIAS:
