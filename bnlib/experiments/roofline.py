@@ -430,7 +430,7 @@ def time_cpu_batchnorm(shape=(32, 64, 32, 32), reps: int = 5, seed: int = 0) -> 
     call per term, each writing a full-size array), ``bnlib.numpy.batchnorm_forward/backward``,
     and PyTorch CPU eager (``torch.nn.functional.batch_norm``; backward: autograd's dx, dgamma
     and dbeta). ``x``: float32 ``shape``. PyTorch runs on as many threads as bnlib.numpy's
-    engine uses for a large input (:func:`bnlib.numpy.engine.worker_count`), so neither has
+    engine uses for a large input (``bnlib.numpy.engine.worker_count()``), so neither has
     more cores. Returns one dict per implementation with ``implementation``, ``forward_ms``,
     ``backward_ms``, ``total_ms`` and ``gb_per_s`` under the byte model of BN forward +
     backward (:func:`byte_model`).
