@@ -51,6 +51,7 @@ from bnlib.grading.executors import (
     make_job,
     run_worker,
 )
+from bnlib.grading.recording import nbgrader_reused
 
 VERSIONED_PACKAGES = ("bnlib", "numpy", "torch", "nbgrader", "nbformat", "nbconvert", "ipython")
 
@@ -378,11 +379,12 @@ def grade_class(course: Course, assignments: list[str], jobs: int, timeout: floa
         statuses: dict[tuple[str, str], StudentStatus] = {}
         stopped = None
         try:
-            if executor is not None:  # the caller's: it stays open for the next run
-                grade_on(executor, course, config, tasks, timeout, statuses)
-            else:
-                with LocalExecutor(jobs) as pool:
-                    grade_on(pool, course, config, tasks, timeout, statuses)
+            with nbgrader_reused():
+                if executor is not None:  # the caller's: it stays open for the next run
+                    grade_on(executor, course, config, tasks, timeout, statuses)
+                else:
+                    with LocalExecutor(jobs) as pool:
+                        grade_on(pool, course, config, tasks, timeout, statuses)
         except BrokerUnavailable as exc:
             stopped = exc
         record = {"course": str(course.root), "started": started.isoformat(timespec="seconds"),

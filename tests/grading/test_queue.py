@@ -6,6 +6,7 @@ the local executor's scores, or failed and flagged, and a rerun finishes the cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from nbformat import v4
 from traitlets.config import Config
@@ -26,6 +28,7 @@ from bnlib.grading.executors import (
     QUEUE,
     TASK,
     CeleryExecutor,
+    LocalExecutor,
     deliveries_key,
     lost_message,
     make_job,
@@ -245,3 +248,54 @@ def test_a_job_delivered_twice_leaves_one_result_and_is_recorded_once(
 def test_the_celery_executor_needs_a_broker(capsys):
     assert cli.main(["grade", "--executor", "celery"]) == 2
     assert "--executor celery needs --broker redis://HOST:PORT/DB" in capsys.readouterr().err
+
+
+def sandbox_servers(pid: int) -> set[tuple[int, float]]:
+    """(pid, start time) of each pre-started sandbox server under process ``pid``; the
+    sandboxes forked from a server run the same command line and are not counted."""
+    found = set()
+    for process in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "--serve" in process.cmdline() and "--serve" not in process.parent().cmdline():
+                found.add((process.pid, process.create_time()))
+    return found
+
+
+def next_result(executor) -> dict:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for result in executor.results(wait=1.0):
+            return result
+    raise AssertionError("the job was never judged")
+
+
+def judge_in_turn(executor, judging_pid, students: list[str]) -> list[set]:
+    """Judge one small submission per student, one after the other; the sandbox servers under
+    the judging process after each."""
+    nb = v4.new_notebook(cells=[v4.new_code_cell("import numpy\nprint(numpy.ones(2).sum())")])
+    servers = []
+    for student in students:
+        job = make_job("bn_forward", student, {"bn_forward": nb}, Config())
+        executor.submit(job, 120)
+        result = next_result(executor)
+        assert "2.0" in result["notebooks"]["bn_forward"]
+        servers.append(sandbox_servers(judging_pid()))
+    return servers
+
+
+def test_a_local_judging_process_starts_its_sandbox_server_once_and_reuses_it():
+    with LocalExecutor(1) as executor:
+        first, second = judge_in_turn(executor, lambda: executor.processes[0].proc.pid,
+                                      ["first", "second"])
+    assert len(first) == 1
+    assert second == first  # the second submission started no server
+
+
+def test_a_celery_worker_starts_its_sandbox_server_once_and_reuses_it(
+        redis_server, workers, tmp_path):
+    worker = workers(redis_server.url, tmp_path / "worker.log")
+    worker.wait_ready()
+    with CeleryExecutor(redis_server.url) as executor:
+        first, second = judge_in_turn(executor, lambda: worker.proc.pid, ["first", "second"])
+    assert len(first) == 1
+    assert second == first
