@@ -162,14 +162,21 @@ def test_a_class_is_graded_once_with_local_scores_while_a_worker_is_killed(
     assert f"{len(CLASS)} submissions, 2 need attention" in out
 
 
-def test_a_submission_that_kills_every_worker_fails_after_bounded_deliveries(
-        redis_server, workers, tmp_path):
+def poisoned_course(tmp_path):
+    """A course with a correct student and "poison", whose grading process POISON kills;
+    returns it and the folder to put on PYTHONPATH for the kill to happen."""
     inject = tmp_path / "inject"
     inject.mkdir()
     (inject / "sitecustomize.py").write_text(POISON)
     course = make_course(tmp_path / "course", ["correct"])
     shutil.copytree(HOSTILE / "submissions" / "correct",
                     course / "grading" / "submitted" / "poison" / "bn_forward")
+    return course, inject
+
+
+def test_a_submission_that_kills_every_worker_fails_after_bounded_deliveries(
+        redis_server, workers, tmp_path):
+    course, inject = poisoned_course(tmp_path)
     worker = workers(redis_server.url, tmp_path / "worker.log", env={"PYTHONPATH": str(inject)})
     worker.wait_ready()
     code, out, err = finish(grade(course, "--executor", "celery", "--broker", redis_server.url))
@@ -186,12 +193,7 @@ def test_a_submission_that_kills_every_worker_fails_after_bounded_deliveries(
 
 
 def test_the_local_executor_also_gives_up_on_a_submission_that_kills_its_process(tmp_path):
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(POISON)
-    course = make_course(tmp_path / "course", ["correct"])
-    shutil.copytree(HOSTILE / "submissions" / "correct",
-                    course / "grading" / "submitted" / "poison" / "bn_forward")
+    course, inject = poisoned_course(tmp_path)
     code, out, err = finish(grade(course, "--jobs", "2", env={"PYTHONPATH": str(inject)}))
     assert code == 1, err
     statuses = {s["student"]: s for s in latest(course)["students"]}
