@@ -107,12 +107,9 @@ def true_function(x: np.ndarray) -> np.ndarray:
 
 
 def make_covariate_shift_data(
-    n_train: int = 100,
-    n_test: int = 100,
-    train_mean: float = 0.5,
-    train_std: float = 0.5,
-    test_mean: float = 0.0,
-    test_std: float = 0.3,
+    n_train: int = 100, n_test: int = 100,
+    train_mean: float = 0.5, train_std: float = 0.5,
+    test_mean: float = 0.0, test_std: float = 0.3,
     noise_std: float = 0.3,
     seed: int = 0,
 ) -> CovariateShiftData:

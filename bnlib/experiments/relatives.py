@@ -27,6 +27,7 @@ The experiments replace the normalization layers of the multilayer perceptron of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ from bnlib.experiments.training import (
     _tensors,
     build_mlp,
     evaluate_accuracy,
-    train,
+    norm_layer,
+    train_many,
 )
 from bnlib.torch import functional as F
 from bnlib.torch.helpers import channel_view, reduction_axes
@@ -352,39 +354,27 @@ RELATIVE_LABELS = {
 RELATIVE_KINDS = tuple(RELATIVE_LABELS)
 
 
-def relative_norm(
-    kind: str,
-    num_features: int,
-    *,
-    num_groups: int = 4,
-    ghost_batch_size: int = 4,
-    r_max: float = 3.0,
-    d_max: float = 5.0,
-    warmup: int = 0,
-) -> nn.Module:
+def relative_norm(kind: str, num_features: int, *, num_groups: int = 4,
+                  ghost_batch_size: int = 4, r_max: float = 3.0, d_max: float = 5.0,
+                  warmup: int = 0) -> nn.Module:
     """The normalization layer ``kind`` (one of :data:`RELATIVE_KINDS`) for ``(N, D)`` input.
 
+    The kinds that :func:`~bnlib.experiments.training.norm_layer` builds come from it.
     ``"group_ws"`` is a GroupNorm; the weight standardization of the layer before it is done
     by :func:`build_relative_mlp`.
     """
-    partial = {
+    ablations = {
         "batch_mean_only": ("batch", True, False), "batch_scale_only": ("batch", False, True),
         "layer_mean_only": ("features", True, False), "rms": ("features", False, True),
     }
-    if kind == "none":
-        return nn.Identity()
-    if kind == "batch":
-        return bnlib.torch.BatchNorm1d(num_features)
+    if kind in ("none", "batch", "layer", "group", "group_ws"):
+        return norm_layer(kind.removesuffix("_ws"), num_features, num_groups=num_groups)
     if kind == "batch_renorm":
         return BatchRenorm1d(num_features, r_max=r_max, d_max=d_max, warmup=warmup)
     if kind == "ghost":
         return GhostBatchNorm1d(num_features, ghost_batch_size)
-    if kind in ("group", "group_ws"):
-        return bnlib.torch.GroupNorm(num_groups, num_features)
-    if kind == "layer":
-        return bnlib.torch.LayerNorm(num_features)
-    if kind in partial:
-        over, center, scale = partial[kind]
+    if kind in ablations:
+        over, center, scale = ablations[kind]
         return PartialNorm(num_features, over=over, center=center, scale=scale)
     raise ValueError(f"kind must be one of {RELATIVE_KINDS}, got {kind!r}")
 
@@ -408,30 +398,21 @@ def build_relative_mlp(kind: str, *, seed: int = 0, norm_options: dict | None = 
     return model
 
 
-def train_relatives(
-    data,
-    kinds: Sequence[str],
-    *,
-    seeds: Sequence[int] = (0,),
-    model_options: dict | None = None,
-    norm_options: dict | None = None,
-    progress: str | None = "relatives",
-    **train_options,
-) -> dict[str, np.ndarray]:
-    """Final test accuracy of ``build_relative_mlp(kind, seed=seed, ...)`` trained with
-    ``train(model, data, seed=seed, **train_options)``, for every kind and seed.
+def train_relatives(data, kinds: Sequence[str], *, norm_options: dict | None = None,
+                    seeds: Sequence[int] = (0,), progress: bool | str = True,
+                    **options) -> dict[str, np.ndarray]:
+    """Final test accuracy of ``build_relative_mlp(kind, seed=seed, ...)``, trained by
+    :func:`train_many` (``options``: ``model_options`` and :func:`train`'s options), for
+    every kind and seed.
 
     Returns ``{"kinds": kinds, "seeds": (S,), "accuracy": (K, S)}``, NaN for a run whose loss
     diverged.
     """
-    accuracy = np.full((len(kinds), len(seeds)), np.nan)
-    runs = [(k, kind, s, seed) for k, kind in enumerate(kinds) for s, seed in enumerate(seeds)]
-    for k, kind, s, seed in progress_bar(runs, progress, leave=False):
-        model = build_relative_mlp(kind, seed=seed, norm_options=norm_options,
-                                   **(model_options or {}))
-        history = train(model, data, seed=seed, **train_options)
-        if not history.diverged:
-            accuracy[k, s] = history.test_accuracy[-1]
+    histories, _ = train_many(data, kinds, seeds=seeds, progress=progress,
+                              build=partial(build_relative_mlp, norm_options=norm_options),
+                              **options)
+    accuracy = np.array([[np.nan if run.diverged else run.test_accuracy[-1]
+                          for run in histories[kind]] for kind in kinds])
     return {"kinds": tuple(kinds), "seeds": np.array(seeds), "accuracy": accuracy}
 
 

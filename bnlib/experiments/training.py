@@ -452,23 +452,29 @@ def train_many(
     *,
     seeds: Sequence[int] = (0,),
     model_options: dict | None = None,
-    progress: bool = True,
+    build: Callable[..., nn.Module] | None = None,
+    progress: bool | str = True,
     **train_options,
-) -> tuple[dict[str, list[History]], dict[str, list[MLP]]]:
-    """Train ``build_mlp(norm, seed=seed, **model_options)`` for every norm and seed.
+) -> tuple[dict[str, list[History]], dict[str, list[nn.Module]]]:
+    """Train ``build(norm, seed=seed, **model_options)`` for every norm and seed.
 
-    ``train_options`` go to :func:`train` (``steps``, ``lr``, ...), with the same ``seed`` as
-    the initialization. Returns ``(histories, models)``, both ``{norm: [one per seed]}``; the
-    models are the trained ones.
+    ``build`` defaults to :func:`build_mlp`. ``train_options`` go to :func:`train` (``steps``,
+    ``lr``, ...), with the same ``seed`` as the initialization. Each run has a progress bar
+    labeled with its norm and seed, after ``progress`` when that is a string; none for False.
+    Returns ``(histories, models)``, both ``{norm: [one per seed]}``; the models are the
+    trained ones.
     """
-    model_options = model_options or {}
+    build = build or build_mlp
     histories: dict[str, list[History]] = {norm: [] for norm in norms}
-    models: dict[str, list[MLP]] = {norm: [] for norm in norms}
+    models: dict[str, list[nn.Module]] = {norm: [] for norm in norms}
     for norm in norms:
         for seed in seeds:
-            model = build_mlp(norm, seed=seed, **model_options)
-            label = f"{NORM_LABELS.get(norm, norm)}, seed {seed}" if progress else None
-            histories[norm].append(train(model, data, seed=seed, progress=label, **train_options))
+            model = build(norm, seed=seed, **(model_options or {}))
+            label = f"{NORM_LABELS.get(norm, norm)}, seed {seed}"
+            label = f"{progress}: {label}" if isinstance(progress, str) else label
+            run = train(model, data, seed=seed, progress=label if progress else None,
+                        **train_options)
+            histories[norm].append(run)
             models[norm].append(model)
     return histories, models
 

@@ -357,7 +357,7 @@ def test_relative_mlps_start_from_the_weights_of_build_mlp():
 
 
 def test_train_relatives_reports_one_accuracy_per_kind_and_seed(data):
-    result = train_relatives(data, ("batch", "rms"), seeds=(0, 1), progress=None,
+    result = train_relatives(data, ("batch", "rms"), seeds=(0, 1), progress=False,
                              model_options=dict(hidden=(30,)), steps=60, lr=0.5,
                              eval_every=60)
     assert result["accuracy"].shape == (2, 2) and result["kinds"] == ("batch", "rms")
