@@ -338,11 +338,22 @@ class CeleryExecutor:
         deadline = time.monotonic() + wait
         with self._guard():
             while True:
-                done = [self._outcome(job_id) for job_id, (result, _) in
-                        list(self.pending.items()) if result.ready()]
+                done = [self._outcome(job_id) for job_id in self._ready()]
                 if done or time.monotonic() >= deadline:
                     return done
                 time.sleep(POLL)
+
+    def _ready(self) -> list[str]:
+        """The pending jobs whose results are in, asked in one round trip to the broker."""
+        from celery import states
+
+        ids, backend = list(self.pending), self.app.backend
+        if not ids:
+            return []
+        stored = backend.mget([backend.get_key_for_task(job_id) for job_id in ids])
+        return [job_id for job_id, meta in zip(ids, stored, strict=True)
+                if meta is not None
+                and backend.decode_result(meta)["status"] in states.READY_STATES]
 
     def _outcome(self, job_id: str) -> dict:
         from celery.exceptions import TimeLimitExceeded

@@ -11,7 +11,10 @@ submission. ``nbgrader_reused()`` keeps, while it is open:
 - one engine per gradebook URL, with its cache of compiled SQL (nbgrader still closes the
   engine's connections each time it closes a gradebook; sessions, transactions and what is
   written are nbgrader's, unchanged);
-- each metadata schema checked once, every cell still validated against it in full.
+- each metadata schema checked once, every cell still validated against it in full;
+- quiet about SQLAlchemy's warning that nbgrader's ``add_submission`` builds objects
+  before they are in a session: it adds the submission (and with it those objects) right
+  after, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import warnings
 
 
 class SchemaCheckedOnce:
@@ -48,11 +52,14 @@ def nbgrader_reused():
     import nbgrader.api
     from nbgrader.nbgraderformat import common
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import SAWarning
 
     saved = nbgrader.api.create_engine, common.jsonschema
     shared_engines = functools.cache(create_engine)  # nbgrader passes a URL and two flags
     nbgrader.api.create_engine, common.jsonschema = shared_engines, SchemaCheckedOnce()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Object of type <\w+> not in session", SAWarning)
+            yield
     finally:
         nbgrader.api.create_engine, common.jsonschema = saved

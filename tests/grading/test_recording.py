@@ -4,6 +4,8 @@ unchanged."""
 
 from __future__ import annotations
 
+import warnings
+
 import jsonschema
 import nbgrader.api
 import pytest
@@ -70,3 +72,28 @@ def test_each_schema_is_checked_once(monkeypatch):
     assert checked == [schema]
     with pytest.raises(jsonschema.SchemaError):
         once.validate({}, {"type": "no such type"})
+
+
+def test_add_submission_is_quiet_and_keeps_every_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", nbgrader_env()["PATH"])
+
+    def submit(url, student):
+        with Gradebook(url) as gradebook:
+            gradebook.add_student(student)
+            gradebook.add_submission("ps1", student)
+
+    url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    with Gradebook(url) as gradebook:
+        gradebook.add_assignment("ps1")
+        gradebook.add_notebook("problem", "ps1")
+        gradebook.add_grade_cell("test_x", "problem", "ps1", max_score=1.0, cell_type="code")
+    with pytest.warns(sqlalchemy.exc.SAWarning, match="not in session"):
+        submit(url, "ada")  # nbgrader under SQLAlchemy 2, left to itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any other warning still fails the test
+        with nbgrader_reused():
+            submit(url, "bob")
+    with Gradebook(url) as gradebook:
+        for student in ("ada", "bob"):
+            notebook = gradebook.find_submission_notebook("problem", "ps1", student)
+            assert [grade.name for grade in notebook.grades] == ["test_x"]
