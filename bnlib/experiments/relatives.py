@@ -402,8 +402,8 @@ def train_relatives(data, kinds: Sequence[str], *, norm_options: dict | None = N
                     seeds: Sequence[int] = (0,), progress: bool | str = True,
                     **options) -> dict[str, np.ndarray]:
     """Final test accuracy of ``build_relative_mlp(kind, seed=seed, ...)``, trained by
-    :func:`train_many` (``options``: ``model_options`` and :func:`train`'s options), for
-    every kind and seed.
+    :func:`~bnlib.experiments.training.train_many` (``options``: its ``model_options`` and
+    the options of :func:`~bnlib.experiments.training.train`), for every kind and seed.
 
     Returns ``{"kinds": kinds, "seeds": (S,), "accuracy": (K, S)}``, NaN for a run whose loss
     diverged.
