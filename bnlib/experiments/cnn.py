@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.training import build_seeded, train
 
 __all__ = [
@@ -55,7 +56,7 @@ def conv_norm_layer(kind: str, channels: int, size: int, *, num_groups: int = 4)
         return GroupNorm(num_groups, channels)
     if kind == "layer":
         return LayerNorm((channels, size, size))
-    raise ValueError(f"norm must be one of {CONV_NORM_KINDS}, got {kind!r}")
+    raise not_one_of("norm", kind, CONV_NORM_KINDS)
 
 
 class ConvNet(nn.Module):
@@ -82,7 +83,7 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in CONV_NORM_KINDS:
-            raise ValueError(f"norm must be one of {CONV_NORM_KINDS}, got {norm!r}")
+            raise not_one_of("norm", norm, CONV_NORM_KINDS)
         if len(channels) != 3:
             raise ValueError(f"channels must name three convolutions, got {tuple(channels)}")
         if image_size < 4 or image_size % 4:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import MLP, _descend, _training_batches, build_mlp
 
@@ -86,7 +87,7 @@ def build_tanh_mlp(
     depend only on ``seed``.
     """
     if init not in INITS:
-        raise ValueError(f"init must be one of {tuple(INITS)}, got {init!r}")
+        raise not_one_of("init", init, INITS)
     if depth < 1:
         raise ValueError(f"depth must be positive, got {depth}")
     model = build_mlp("batch" if batch_norm else "none", seed=seed, hidden=(width,) * depth,

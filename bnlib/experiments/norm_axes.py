@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bnlib.experiments.checks import not_one_of
+
 __all__ = ["NORM_METHODS", "draw_norm_axes", "reduction_axes", "shared_statistics_mask"]
 
 NORM_METHODS = ("batch", "layer", "instance", "group")
@@ -30,7 +32,7 @@ TITLES = {
 
 def _check_method(method: str) -> None:
     if method not in NORM_METHODS:
-        raise ValueError(f"method must be one of {NORM_METHODS}, got {method!r}")
+        raise not_one_of("method", method, NORM_METHODS)
 
 
 def reduction_axes(method: str, ndim: int = 4) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import bnlib.torch
+from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import (
     MLP,
@@ -376,7 +377,7 @@ def relative_norm(kind: str, num_features: int, *, num_groups: int = 4,
     if kind in ablations:
         over, center, scale = ablations[kind]
         return PartialNorm(num_features, over=over, center=center, scale=scale)
-    raise ValueError(f"kind must be one of {RELATIVE_KINDS}, got {kind!r}")
+    raise not_one_of("kind", kind, RELATIVE_KINDS)
 
 
 def build_relative_mlp(kind: str, *, seed: int = 0, norm_options: dict | None = None,

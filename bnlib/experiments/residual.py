@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import bnlib.torch
+from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import _descend, _training_batches, evaluate_accuracy
 
@@ -94,7 +95,7 @@ class ResidualMLP(nn.Module):
                  num_classes: int = 10) -> None:
         super().__init__()
         if kind not in RESIDUAL_KINDS:
-            raise ValueError(f"kind must be one of {tuple(RESIDUAL_KINDS)}, got {kind!r}")
+            raise not_one_of("kind", kind, RESIDUAL_KINDS)
         if depth < 1:
             raise ValueError(f"depth must be positive, got {depth}")
         self.kind = kind

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from bnlib.experiments.checks import not_one_of
+
 __all__ = [
     "BYTE_MODELS",
     "DEVICES",
@@ -350,7 +352,7 @@ def float32_sum(values: np.ndarray, order: str = "sequential") -> np.float32:
         return np.cumsum(values, dtype=np.float32)[-1]
     if order == "pairwise":
         return np.sum(values, dtype=np.float32)
-    raise ValueError(f"order must be one of {SUMMATION_ORDERS}, got {order!r}")
+    raise not_one_of("order", order, SUMMATION_ORDERS)
 
 
 def one_pass_variance(x: np.ndarray, order: str = "sequential") -> float:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.progress import progress_bar
 
 __all__ = [
@@ -117,7 +118,7 @@ def norm_layer(
             num_features, noise=NOISY_KINDS[kind], max_shift=max_shift,
             max_variance=max_variance, seed=noise_seed,
         )
-    raise ValueError(f"norm must be one of {NORM_KINDS}, got {kind!r}")
+    raise not_one_of("norm", kind, NORM_KINDS)
 
 
 class NoisyBatchNorm1d(nn.Module):
@@ -154,7 +155,7 @@ class NoisyBatchNorm1d(nn.Module):
     ) -> None:
         super().__init__()
         if noise not in NOISE_MODELS:
-            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+            raise not_one_of("noise", noise, NOISE_MODELS)
         if max_shift < 0:
             raise ValueError(f"max_shift must be non-negative, got {max_shift}")
         if max_variance < 1:
@@ -220,9 +221,9 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         if norm not in NORM_KINDS:
-            raise ValueError(f"norm must be one of {NORM_KINDS}, got {norm!r}")
+            raise not_one_of("norm", norm, NORM_KINDS)
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+            raise not_one_of("activation", activation, ACTIVATIONS)
         if len(hidden) == 0:
             raise ValueError("hidden must name at least one hidden layer")
         self.norm = norm
@@ -328,7 +329,7 @@ def _make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    raise not_one_of("optimizer", name, OPTIMIZERS)
 
 
 def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
