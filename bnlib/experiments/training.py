@@ -220,8 +220,7 @@ class MLP(nn.Module):
         **norm_options,
     ) -> None:
         super().__init__()
-        if norm not in NORM_KINDS:
-            raise not_one_of("norm", norm, NORM_KINDS)
+        # An unknown norm is refused by norm_layer, below.
         if activation not in ACTIVATIONS:
             raise not_one_of("activation", activation, ACTIVATIONS)
         if len(hidden) == 0:
