@@ -198,6 +198,24 @@ def row(name: str, what: str, count: int, *figures: float) -> str:
     return f"{name:<11} {what:<17} {count:>4} " + " ".join(f"{x:>10.2f}" for x in figures)
 
 
+def verdict_lines(results: dict[str, dict]) -> list[str]:
+    """Each executor's mean cost against COST_TARGET, then, given ``celery x1`` and ``celery
+    x2``, the two-worker speed-up (end to end, and judging alone) against SPEEDUP_TARGET."""
+    lines = []
+    for name, result in results.items():
+        verdict = "met" if result["cost"] <= COST_TARGET else "not met"
+        lines.append(f"{name}: {result['cost']:.2f} core-s per submission averaged over the "
+                     f"assignments (target <= {COST_TARGET}: {verdict})")
+    if {"celery x1", "celery x2"} <= set(results):
+        for measure, what in (("wall", "grading the class, the coordinator beside them"),
+                              ("judging", "judging alone")):
+            speedup = results["celery x1"][measure] / results["celery x2"][measure]
+            verdict = "met" if speedup >= SPEEDUP_TARGET else "not met"
+            lines.append(f"two workers over one, {what}: {speedup:.2f}x (target >= "
+                         f"{SPEEDUP_TARGET}x: {verdict})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-assignment", type=int, default=4, help="submissions each")
@@ -236,17 +254,7 @@ def main() -> None:
                 finally:
                     workers.close()
         print(f"load average at end {os.getloadavg()[0]:.1f}")
-        for name, result in results.items():
-            verdict = "met" if result["cost"] <= COST_TARGET else "not met"
-            print(f"{name}: {result['cost']:.2f} core-s per submission averaged over the "
-                  f"assignments (target <= {COST_TARGET}: {verdict})")
-        if {"celery x1", "celery x2"} <= set(results):
-            for measure, what in (("wall", "grading the class, the coordinator beside them"),
-                                  ("judging", "judging alone")):
-                speedup = results["celery x1"][measure] / results["celery x2"][measure]
-                verdict = "met" if speedup >= SPEEDUP_TARGET else "not met"
-                print(f"two workers over one, {what}: {speedup:.2f}x (target >= "
-                      f"{SPEEDUP_TARGET}x: {verdict})")
+        print("\n".join(verdict_lines(results)))
         scores = [r["scores"] for r in results.values()]
         print("scores identical across executors:", all(s == scores[0] for s in scores))
 

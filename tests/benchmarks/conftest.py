@@ -28,3 +28,8 @@ def bench_cpu():
 def bench():
     """benchmarks/bench_gpu.py."""
     return load_script("bench_gpu")
+
+
+@pytest.fixture(scope="session")
+def bench_grading():
+    return load_script("bench_grading")
