@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnlib.experiments.activations import saturated_fraction
 from bnlib.experiments.checks import not_one_of
 from bnlib.experiments.progress import progress_bar
 from bnlib.experiments.training import MLP, _descend, _training_batches, build_mlp
 
 __all__ = [
     "INITS",
-    "SATURATION_THRESHOLD",
+    "TANH_SATURATION",
     "TANH_GAIN",
     "RATIO_RULE_OF_THUMB",
     "Snapshot",
@@ -49,13 +50,13 @@ __all__ = [
     "plot_histograms",
     "plot_saturation",
     "plot_update_ratios",
-    "saturated_fraction",
+    "tanh_saturation",
     "snapshot",
     "train_with_diagnostics",
 ]
 
 TANH_GAIN = 5 / 3  # torch.nn.init.calculate_gain("tanh")
-SATURATION_THRESHOLD = 0.97  # |tanh| above it: derivative 1 - tanh^2 below 0.06
+TANH_SATURATION = 0.97  # |tanh| above it: derivative 1 - tanh^2 below 0.06
 RATIO_RULE_OF_THUMB = 1e-3  # update-to-data ratio that Karpathy suggests aiming for
 INITS = {"naive": None, "fan_in": 1.0, "kaiming": TANH_GAIN}  # init -> gain (None: std 1)
 
@@ -100,11 +101,10 @@ def build_tanh_mlp(
     return model
 
 
-def saturated_fraction(activations: torch.Tensor | np.ndarray,
-                       threshold: float = SATURATION_THRESHOLD) -> float:
-    """Fraction of the entries of ``activations`` (tanh outputs, any shape) with
-    ``|a| > threshold``."""
-    return float(np.mean(np.abs(np.asarray(activations)) > threshold))
+def tanh_saturation(outputs: torch.Tensor | np.ndarray) -> float:
+    """Fraction of the tanh ``outputs`` (any shape) with ``|a| > TANH_SATURATION``: the
+    :func:`~bnlib.experiments.activations.saturated_fraction` of a tanh layer."""
+    return saturated_fraction(np.asarray(outputs, dtype=np.float64), TANH_SATURATION)
 
 
 @dataclass
@@ -122,7 +122,7 @@ class Snapshot:
 
     def saturated(self) -> np.ndarray:
         """Saturated fraction of each layer, ``(L,)``."""
-        return np.array([saturated_fraction(a) for a in self.activations])
+        return np.array([tanh_saturation(a) for a in self.activations])
 
 
 class _TanhOutputs:
@@ -222,7 +222,7 @@ def train_with_diagnostics(
             loss = nn.functional.cross_entropy(model(x), y)
             _descend(opt, loss)
             losses.append(loss.item())
-            saturated.append([saturated_fraction(t.detach()) for t in hook.outputs])
+            saturated.append([tanh_saturation(t.detach()) for t in hook.outputs])
             ratios.append(_update_ratios(before, [w.detach() for w in weights]))
     finally:
         hook.remove()
@@ -285,7 +285,7 @@ def plot_saturation(ax, record: TrainingRecord, title: str = ""):
     steps = np.arange(1, len(record.loss) + 1)
     for layer in range(record.saturated.shape[1]):
         ax.plot(steps, record.saturated[:, layer], lw=1, label=f"layer {layer + 1}")
-    ax.set(title=title, xlabel="training step", ylabel=f"fraction |tanh| > {SATURATION_THRESHOLD}",
+    ax.set(title=title, xlabel="training step", ylabel=f"fraction |tanh| > {TANH_SATURATION}",
            ylim=(0, 1))
     ax.legend(fontsize="x-small", loc="best")
     return ax

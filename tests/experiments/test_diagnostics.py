@@ -15,8 +15,8 @@ from bnlib.experiments.diagnostics import (
     plot_histograms,
     plot_saturation,
     plot_update_ratios,
-    saturated_fraction,
     snapshot,
+    tanh_saturation,
     train_with_diagnostics,
 )
 from bnlib.experiments.training import build_mlp
@@ -67,10 +67,10 @@ def test_build_tanh_mlp_refuses_bad_arguments():
         build_tanh_mlp("naive", depth=0)
 
 
-def test_saturated_fraction_counts_entries_beyond_the_threshold():
+def test_tanh_saturation_counts_outputs_beyond_the_threshold_in_both_tails():
     values = np.array([-1.0, -0.98, -0.5, 0.0, 0.96, 0.971, 0.99, 1.0])
-    assert saturated_fraction(values) == 5 / 8
-    assert saturated_fraction(torch.as_tensor(values), threshold=0.5) == 6 / 8
+    assert tanh_saturation(values) == 5 / 8
+    assert tanh_saturation(torch.as_tensor(values, dtype=torch.float32)) == 5 / 8
 
 
 def test_snapshot_holds_the_tanh_outputs_and_their_gradients(batch):
